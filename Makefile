@@ -1,0 +1,27 @@
+# Two commands do everything: `make demo` runs the loop, `make test` passes the tests.
+UV_VERSION := 0.13.8
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+
+.PHONY: demo test lint bench env
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	@touch $@
+
+env: .venv/.synced
+
+demo: .venv/.synced
+	.venv/bin/eventpipe up --samples 3
+
+lint: .venv/.synced
+	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
+	.venv/bin/mypy
+
+test: lint
+	.venv/bin/pytest
+
+bench: .venv/.synced
+	.venv/bin/python bench/freshness.py

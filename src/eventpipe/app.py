@@ -1,0 +1,213 @@
+"""The local loop, assembled: embedded server, deployment + trigger, push runner, outbox pump
+and folder watcher. ``eventpipe up`` runs one; tests and benchmarks start one in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from eventpipe.keys import asset_key
+from eventpipe.ledger import FileRow, Ledger
+from eventpipe.models import Landed
+from eventpipe.pipeline import Pipeline, load_pipeline
+from eventpipe.server import EmbeddedServer, server_env
+from eventpipe.settings import Settings
+from eventpipe.sources.local import FolderSource, Rejected
+
+if TYPE_CHECKING:
+    from eventpipe.events import OutboxPump
+    from eventpipe.runner import PushRunner
+
+log = logging.getLogger("eventpipe")
+
+
+def absolute_spec(spec: str) -> str:
+    """Make a ``file.py:attr`` spec absolute so every process resolves it the same way."""
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target:
+        return f"{Path(target).resolve()}:{attr}"
+    return spec
+
+
+def configure_api(settings: Settings) -> EmbeddedServer | None:
+    """Point this process's Prefect client at ``--api-url`` or at the embedded server (returned,
+    not yet started). Call it before anything imports Prefect: Prefect reads its settings
+    from the environment once, at import."""
+    if settings.api_url:
+        os.environ["PREFECT_API_URL"] = settings.api_url
+        return None
+    home = settings.home / "prefect"
+    port = settings.port if settings.port and port_is_free(settings.host, settings.port) else 0
+    if settings.port and not port:
+        log.warning("port %d is in use; the embedded server takes a free port", settings.port)
+    server = EmbeddedServer(
+        home, port=port or None, host=settings.host, log_file=settings.home / "server.log"
+    )
+    os.environ.update(server_env(home, server.port))
+    return server
+
+
+def port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalLoop:
+    """Everything ``eventpipe up`` runs, started and stopped as one."""
+
+    def __init__(
+        self, settings: Settings, on_run: Callable[[str, Any], None] | None = None
+    ) -> None:
+        self.settings = settings.resolved()
+        self.on_run = on_run
+        self.spec = absolute_spec(self.settings.pipeline)
+        self.server: EmbeddedServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.ledger: Ledger | None = None
+        self.deployment_id: UUID | None = None
+        self._pump: OutboxPump | None = None
+        self._runner: PushRunner | None = None
+        self._source: FolderSource | None = None
+        self._stop = threading.Event()
+        self._watch_thread: threading.Thread | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.settings.data
+
+    def start(self, *, watch: bool = True) -> LocalLoop:
+        s = self.settings
+        self.server = configure_api(s)
+        self.pipeline = load_pipeline(self.spec)
+        if self.server is not None:
+            self.server.start()
+        from eventpipe import deploy, flows
+        from eventpipe.events import EventSender, OutboxPump
+        from eventpipe.runner import PushRunner
+
+        s.data.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(s.data / "ledger.sqlite")
+        self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
+        self.deployment_id = deploy.register(self.pipeline, self.spec, s.data)
+        recovered = self.ledger.reclaim_stale(self.pipeline.name)
+        if recovered:
+            log.warning(
+                "%d file(s) were being processed when eventpipe stopped; retrying", recovered
+            )
+        self._runner = PushRunner(
+            flows.materialize_pipeline,
+            self.deployment_id,
+            sweep_seconds=s.sweep_seconds,
+            on_finished=(lambda run, state: self.on_run(run.name, state)) if self.on_run else None,
+        ).start()
+        if self.ledger.counts(self.pipeline.name).keys() & {"landed", "sent"}:
+            self.kick()
+        if watch:
+            self._source = FolderSource(
+                s.inbox,
+                self._on_landed,
+                self._on_rejected,
+                settle_seconds=s.settle_seconds,
+                max_file_bytes=s.max_file_bytes,
+                rescan_seconds=s.rescan_seconds,
+            )
+            self._watch_thread = threading.Thread(
+                target=self._source.run, args=(self._stop,), name="eventpipe-watch", daemon=True
+            )
+            self._watch_thread.start()
+            self._source.ready.wait(30)
+        return self
+
+    def kick(self) -> None:
+        """Start a run now (pending work found on start, ``eventpipe retry``)."""
+        from prefect.client.orchestration import get_client
+
+        assert self.deployment_id is not None
+        with get_client(sync_client=True) as client:
+            client.create_flow_run_from_deployment(self.deployment_id)
+
+    def _on_landed(self, landed: Landed) -> None:
+        assert self.ledger is not None and self.pipeline is not None and self._pump is not None
+        outcome = record(self.ledger, self.pipeline.name, landed)
+        log.info("%s: %s", landed.relative, outcome)
+        self._pump.poke()
+
+    def _on_rejected(self, rejected: Rejected) -> None:
+        log.warning("rejected %s: %s", rejected.relative, rejected.reason)
+
+    def stop(self) -> None:
+        """Stop watching, pause the deployment and its trigger, let the current run finish,
+        deliver queued events, stop the server."""
+        self._stop.set()
+        if self._watch_thread is not None:
+            self._watch_thread.join(10)
+        if self.deployment_id is not None:
+            try:
+                from eventpipe import deploy
+
+                deploy.set_paused(self.deployment_id, paused=True)
+            except Exception as exc:
+                log.warning("could not pause the deployment: %s", exc)
+        if self._runner is not None:
+            self._runner.paused = True
+            self._runner.stop()
+        if self._pump is not None:
+            self._pump.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def __enter__(self) -> LocalLoop:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def record(ledger: Ledger, pipeline: str, landed: Landed) -> str:
+    """Record one sighting in the ledger with its event; returns the outcome."""
+    from eventpipe.events import sighting_event
+
+    outcome, _ = ledger.record_landed(
+        pipeline, landed, lambda o, r: sighting_event(o, r, asset_key(r.uri))
+    )
+    return outcome
+
+
+def scan_once(settings: Settings) -> int:
+    """Record every complete file in the inbox (``eventpipe run``); returns how many were new
+    or changed."""
+    pipeline = load_pipeline(absolute_spec(settings.pipeline))
+    ledger = Ledger(settings.data / "ledger.sqlite")
+    outcomes: list[str] = []
+    source = FolderSource(
+        settings.inbox,
+        lambda landed: outcomes.append(record(ledger, pipeline.name, landed)),
+        settle_seconds=settings.settle_seconds,
+        max_file_bytes=settings.max_file_bytes,
+    )
+    source.scan()
+    ledger.close()
+    return sum(1 for o in outcomes if o in ("new", "changed", "retry"))
+
+
+def requeue_failed(ledger: Ledger, pipeline: str) -> int:
+    """Queue every failed file of ``pipeline`` again, with a fresh landed event each."""
+    from eventpipe.events import sighting_event
+
+    def event_for(row: FileRow) -> tuple[str, dict[str, Any]]:
+        event = sighting_event("retry", row, asset_key(row.uri))
+        assert event is not None
+        return event
+
+    return len(ledger.requeue(pipeline, event_for))

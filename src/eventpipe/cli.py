@@ -1,0 +1,353 @@
+"""``eventpipe``: the command line. Flags override ``EVENTPIPE_*`` variables, which override
+``eventpipe.toml``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from cyclopts import App, Parameter
+from rich.console import Console
+from rich.table import Table
+
+from eventpipe.exceptions import EventpipeError
+from eventpipe.settings import Settings
+
+app = App(name="eventpipe", help="Event-driven, asset-based data pipelines on Prefect.")
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _settings(**flags: Any) -> Settings:
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("eventpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command
+def up(
+    *,
+    pipeline: str | None = None,
+    inbox: Path | None = None,
+    data: Path | None = None,
+    port: int | None = None,
+    api_url: str | None = None,
+    host: str | None = None,
+    samples: int = 0,
+    verbose: Annotated[bool, Parameter(negative=())] = False,
+) -> None:
+    """Start the loop: embedded Prefect server (unless --api-url), the pipeline's deployment and
+    trigger, the runner and the inbox watcher. Ctrl-C stops it all.
+
+    Parameters
+    ----------
+    pipeline
+        'package.module:name' or 'path/file.py:name' (default: the demo pipeline).
+    inbox
+        Folder to watch.
+    data
+        Where outputs, versions and the ledger go.
+    port
+        Port of the embedded Prefect server (0: any free port).
+    api_url
+        Use this Prefect API (e.g. http://127.0.0.1:4200/api) instead of an embedded server.
+    host
+        Address the embedded server binds to (default 127.0.0.1).
+    samples
+        Drop this many generated demo files into the inbox once running (demo pipeline only).
+    verbose
+        Log debug details.
+    """
+    _logging(verbose)
+    settings = _settings(
+        pipeline=pipeline, inbox=inbox, data=data, port=port, api_url=api_url, host=host
+    )
+    from eventpipe.app import LocalLoop
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def on_run(name: str, state: Any) -> None:
+        summary = state.result(raise_on_failure=False) if state.is_completed() else None
+        if isinstance(summary, dict):
+            console.print(
+                f"[green]run {name}[/]: {summary['processed']} processed, "
+                f"{summary['skipped']} skipped, {summary['rejected']} rejected, "
+                f"{summary['failed']} failed; analytics updated: "
+                f"{', '.join(summary['assets_updated']) or 'none'}"
+                + (
+                    f"; {summary['freshness_seconds']:.2f} s after landing"
+                    if summary.get("freshness_seconds") is not None
+                    else ""
+                )
+            )
+        else:
+            console.print(f"[red]run {name}: {state.name}[/] {state.message or ''}")
+
+    loop = LocalLoop(settings, on_run=on_run)
+    s = loop.settings
+    console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
+    try:
+        loop.start()
+    except EventpipeError:
+        loop.stop()
+        raise
+    assert loop.pipeline is not None
+    ui = loop.server.ui_url if loop.server else (s.api_url or "").removesuffix("/api")
+    name = loop.pipeline.name
+    console.print(
+        f"\n[bold]eventpipe is up[/]\n"
+        f"  Prefect UI   {ui}\n"
+        f"  runs         {ui}/deployments/deployment/{loop.deployment_id}\n"
+        f"  events       {ui}/events\n"
+        f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
+        f"  inbox        {s.inbox}  (drop .csv .csv.gz .json .jsonl .parquet files)\n"
+        f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
+        f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
+        f"Ctrl-C to stop.\n"
+    )
+    if samples:
+        if loop.spec != "eventpipe.demo:pipeline":
+            err.print("--samples generates demo orders files; skipped for this pipeline")
+        else:
+            from eventpipe.demo import write_sample
+
+            start = len(list(s.inbox.glob("orders-*.csv")))
+            for i in range(samples):
+                path = write_sample(s.inbox, start + i)
+                console.print(f"dropped sample {path.name}")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        console.print("stopping: pausing the deployment, finishing the current run …")
+        loop.stop()
+        console.print("stopped.")
+
+
+@app.command
+def run(
+    *,
+    pipeline: str | None = None,
+    inbox: Path | None = None,
+    data: Path | None = None,
+    api_url: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Process every new or changed file in the inbox once, without watching, then exit."""
+    _logging(False)
+    settings = _settings(
+        pipeline=pipeline, inbox=inbox, data=data, api_url=api_url, port=port
+    ).resolved()
+    from eventpipe.app import absolute_spec, configure_api
+
+    server = configure_api(settings)
+    if server is not None:
+        console.print("starting an embedded Prefect server …")
+        server.start()
+    try:
+        from eventpipe.app import scan_once
+        from eventpipe.flows import materialize_pipeline
+
+        found = scan_once(settings)
+        console.print(f"{found} file(s) recorded")
+        summary = materialize_pipeline(absolute_spec(settings.pipeline), str(settings.data))
+        console.print_json(json.dumps(summary))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _ledger(data: Path | None) -> Any:
+    from eventpipe.ledger import Ledger
+
+    settings = _settings(data=data).resolved()
+    path = settings.data / "ledger.sqlite"
+    if not path.exists():
+        raise EventpipeError(f"no ledger at {path}: nothing has run with --data {settings.data}")
+    return Ledger(path)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command
+def status(
+    *, data: Path | None = None, as_json: Annotated[bool, Parameter(name="--json")] = False
+) -> None:
+    """Every asset (key, current version, last update, rows, partitions) and every file's state."""
+    ledger = _ledger(data)
+    report: dict[str, Any] = {}
+    for pipeline in ledger.pipelines():
+        assets: dict[str, dict[str, Any]] = {}
+        for row in ledger.assets(pipeline):
+            entry = assets.setdefault(
+                row.name,
+                {
+                    "name": row.name,
+                    "kind": row.kind,
+                    "key": row.key if row.kind == "analytics" else None,
+                    "version": row.version if row.kind == "analytics" else None,
+                    "updated_at": row.updated_at,
+                    "rows": 0,
+                    "partitions": 0,
+                },
+            )
+            entry["rows"] += row.rows
+            entry["partitions"] += 1 if row.kind == "processed" else 0
+            entry["updated_at"] = max(entry["updated_at"], row.updated_at)
+        files = [
+            {
+                "file": f.relative,
+                "uri": f.uri,
+                "sha256": f.sha256,
+                "state": f.state,
+                "reason": f.reason,
+                "updated_at": f.updated_at,
+                "run_id": f.run_id,
+            }
+            for f in ledger.files(pipeline)
+        ]
+        report[pipeline] = {
+            "assets": list(assets.values()),
+            "files": files,
+            "counts": ledger.counts(pipeline),
+        }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for pipeline, body in report.items():
+        table = Table(title=f"pipeline {pipeline}: assets")
+        for col in ("asset", "kind", "version", "updated (UTC)", "rows", "partitions"):
+            table.add_column(col)
+        for a in body["assets"]:
+            table.add_row(
+                a["name"],
+                a["kind"],
+                a["version"] or "-",
+                _when(a["updated_at"]),
+                str(a["rows"]),
+                str(a["partitions"]) if a["kind"] == "processed" else "-",
+            )
+        console.print(table)
+        files = Table(title=f"pipeline {pipeline}: files")
+        for col in ("file", "state", "updated (UTC)", "reason"):
+            files.add_column(col)
+        for f in body["files"][-50:]:
+            files.add_row(f["file"], f["state"], _when(f["updated_at"]), f["reason"] or "")
+        console.print(files)
+        console.print(f"counts: {body['counts']}")
+
+
+@app.command
+def versions(
+    asset: str,
+    /,
+    *,
+    pipeline: str | None = None,
+    data: Path | None = None,
+    as_json: Annotated[bool, Parameter(name="--json")] = False,
+) -> None:
+    """List the versions of an asset: 'revenue_by_day', or 'step/partition' for one partition.
+
+    Parameters
+    ----------
+    asset
+        Analytics asset name, process step name, or 'step/partition'.
+    """
+    ledger = _ledger(data)
+    pipelines = [pipeline] if pipeline else ledger.pipelines()
+    name, _, partition = asset.partition("/")
+    rows = [v for p in pipelines for v in ledger.versions(p, name, partition or None)]
+    if not rows:
+        raise EventpipeError(f"no versions of {asset!r}; `eventpipe status` lists the assets")
+    if as_json:
+        print(json.dumps([v.__dict__ for v in rows], indent=2))
+        return
+    table = Table(title=f"versions of {asset}")
+    for col in ("version", "partition", "created (UTC)", "last current (UTC)", "rows", "sources"):
+        table.add_column(col)
+    for v in rows:
+        sources = ", ".join(s.rsplit("/", 1)[-1] for s in v.sources[:5])
+        table.add_row(
+            v.version,
+            v.partition or "-",
+            _when(v.created_at),
+            _when(v.current_at),
+            str(v.rows),
+            sources + (" …" if len(v.sources) > 5 else ""),
+        )
+    console.print(table)
+
+
+@app.command
+def retry(*, pipeline: str | None = None, data: Path | None = None) -> None:
+    """Queue every failed file again; a running `eventpipe up` picks them up within a second."""
+    from eventpipe.app import requeue_failed
+
+    ledger = _ledger(data)
+    names = [pipeline] if pipeline else ledger.pipelines()
+    count = sum(requeue_failed(ledger, name) for name in names)
+    console.print(f"{count} file(s) queued again")
+
+
+@app.command
+def explain(file: str, /, *, data: Path | None = None) -> None:
+    """Tell one file's story from the ledger: seen, sent, run, skipped / done / rejected and why."""
+    ledger = _ledger(data)
+    target = Path(file)
+    rows = [
+        r
+        for r in ledger.files()
+        if r.relative == file
+        or (r.uri.endswith("/" + target.name)
+        and (target.name == file or r.local_path == str(target.resolve())))
+    ]
+    if not rows:
+        raise EventpipeError(f"the ledger has never seen {file!r}")
+    for row in rows:
+        console.print(
+            f"[bold]{row.relative}[/] ({row.uri})  sha256 {row.sha256[:12]}…  {row.size} bytes"
+        )
+        console.print(
+            f"  first seen {_when(row.seen_at)}; now [bold]{row.state}[/] since {_when(row.updated_at)}"
+            + (f" — {row.reason}" if row.reason else "")
+            + (f"; run {row.run_id}" if row.run_id else "")
+            + f"; attempts {row.attempts}"
+        )
+        for event in ledger.events_for(row.id):
+            reason = event.get("payload", {}).get("reason")
+            console.print(
+                f"  {event['occurred'][:19]}  {event['event']}"
+                + (f" — {reason}" if reason else "")
+                + ("" if event.get("sent_at") else "  [yellow](not yet delivered)[/]")
+            )
+
+
+def main() -> None:
+    try:
+        app()
+    except EventpipeError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Register a pipeline's deployment and its event trigger with the Prefect server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.deployments.runner import EntrypointType
+from prefect.events import DeploymentEventTrigger
+
+from eventpipe.events import FILE_LANDED, pipeline_resource_id
+from eventpipe.flows import materialize_pipeline
+from eventpipe.pipeline import Pipeline
+
+FLOW_NAME = "materialize"
+
+
+def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
+    """Fire one run per ``eventpipe.file.landed`` of ``pipeline``; no ``within``, so no landing
+    is ever dropped by throttling (each run drains all pending files anyway)."""
+    return DeploymentEventTrigger(
+        name=f"{pipeline}: file landed",
+        expect={FILE_LANDED},
+        match={"eventpipe.pipeline": pipeline},
+        threshold=1,
+        within=0,
+    )
+
+
+def register(pipeline: Pipeline, spec: str, data: Path) -> UUID:
+    """Create or update deployment ``materialize/<pipeline>`` with its landed-file trigger, unpaused."""
+    deployment = materialize_pipeline.to_deployment(
+        name=pipeline.name,
+        parameters={"pipeline": spec, "data": str(data.resolve())},
+        triggers=[landed_trigger(pipeline.name)],
+        description=f"Materializes pipeline {pipeline.name!r} whenever a file lands "
+        f"(related resource {pipeline_resource_id(pipeline.name)}).",
+        tags=["eventpipe", f"eventpipe:{pipeline.name}"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    deployment_id = deployment.apply()
+    set_paused(deployment_id, paused=False)
+    return deployment_id
+
+
+def set_paused(deployment_id: UUID, *, paused: bool) -> None:
+    """Pause (on shutdown, so triggered runs don't pile up) or resume a deployment and the
+    automations of its triggers (a paused deployment's trigger would still create runs)."""
+    with get_client(sync_client=True) as client:
+        automations = client.read_resource_related_automations(
+            f"prefect.deployment.{deployment_id}"
+        )
+        for automation in automations:
+            if paused:
+                client.pause_automation(automation.id)
+            else:
+                client.resume_automation(automation.id)
+        if paused:
+            client.pause_deployment(deployment_id)
+        else:
+            client.resume_deployment(deployment_id)

@@ -1,0 +1,289 @@
+"""The user-facing plugin API: ``Pipeline``, ``@pipeline.process``, ``@pipeline.analytics``.
+
+Dependencies are inferred from parameter names and checked when the pipeline is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any, Literal, TypeVar, overload
+
+import pandas as pd
+
+from eventpipe.exceptions import PipelineDefinitionError
+
+StepKind = Literal["process", "analytics"]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Columns (and optionally dtypes, as pandas dtype names) a process step expects."""
+
+    columns: dict[str, str | None]
+    allow_extra: bool = True
+
+
+@dataclass
+class Step:
+    """One decorated function of a pipeline."""
+
+    name: str
+    kind: StepKind
+    fn: Callable[..., pd.DataFrame]
+    inputs: tuple[str, ...]
+    retries: int = 0
+    retry_delay_seconds: float = 0
+    version: str | None = None
+    expects: Schema | None = None
+    code_version: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.code_version = self.version or _source_digest(self.fn)
+
+
+def _source_digest(fn: Callable[..., Any]) -> str:
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        source = fn.__qualname__ + repr(getattr(fn, "__code__", None) and fn.__code__.co_code)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """A named set of steps: files land, ``process`` steps turn each into a partition,
+    ``analytics`` steps combine partitions and each other.
+
+    The name becomes the deployment name, the prefix of asset paths and the resource of
+    the pipeline's events.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not _NAME.match(name):
+            raise PipelineDefinitionError(
+                f"pipeline name {name!r} must start with a lowercase letter and use only "
+                "a-z, 0-9 and '_'"
+            )
+        self.name = name
+        self.steps: dict[str, Step] = {}
+        self.source: str | None = None
+        """Where the pipeline was loaded from (``module:attr`` or ``file.py:attr``)."""
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, steps={list(self.steps)})"
+
+    @overload
+    def process(self, fn: Fn, /) -> Fn: ...
+    @overload
+    def process(
+        self,
+        *,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        version: str | None = None,
+        expects: dict[str, str | None] | Schema | None = None,
+    ) -> Callable[[Fn], Fn]: ...
+    def process(
+        self,
+        fn: Fn | None = None,
+        /,
+        *,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        version: str | None = None,
+        expects: dict[str, str | None] | Schema | None = None,
+    ) -> Fn | Callable[[Fn], Fn]:
+        """Register a step that runs once per landed file: ``raw`` frame -> processed partition.
+
+        The function takes exactly one parameter, named ``raw``. ``expects`` declares the
+        columns (``{"column": "int64" or None}``) the raw file must have; a file without them
+        is rejected with a reason instead of failing the step.
+        """
+        schema = Schema(dict(expects)) if isinstance(expects, dict) else expects
+
+        def register(f: Fn) -> Fn:
+            self._add(f, "process", retries, retry_delay_seconds, version, schema)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def analytics(self, fn: Fn, /) -> Fn: ...
+    @overload
+    def analytics(
+        self, *, retries: int = 0, retry_delay_seconds: float = 0, version: str | None = None
+    ) -> Callable[[Fn], Fn]: ...
+    def analytics(
+        self,
+        fn: Fn | None = None,
+        /,
+        *,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        version: str | None = None,
+    ) -> Fn | Callable[[Fn], Fn]:
+        """Register an asset computed from other steps, named by its parameters.
+
+        A parameter named after a process step receives all of that step's partitions
+        concatenated; one named after another analytics step receives that asset.
+        """
+
+        def register(f: Fn) -> Fn:
+            self._add(f, "analytics", retries, retry_delay_seconds, version, None)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def _add(
+        self,
+        fn: Callable[..., Any],
+        kind: StepKind,
+        retries: int,
+        retry_delay_seconds: float,
+        version: str | None,
+        expects: Schema | None,
+    ) -> None:
+        name = getattr(fn, "__name__", "")
+        where = f"{kind} step {name!r} of pipeline {self.name!r}"
+        if not callable(fn) or not _NAME.match(name):
+            raise PipelineDefinitionError(
+                f"{where}: the function name must be lowercase snake_case (it names the asset)"
+            )
+        if name in self.steps or name == "raw":
+            raise PipelineDefinitionError(
+                f"{where}: the name is already used"
+                + (" ('raw' is reserved for the landed file)" if name == "raw" else "")
+            )
+        if inspect.iscoroutinefunction(fn):
+            raise PipelineDefinitionError(f"{where}: must be a plain function, not async")
+        params = list(inspect.signature(fn).parameters.values())
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise PipelineDefinitionError(
+                    f"{where}: *args/**kwargs are not allowed; name each input as a parameter"
+                )
+        inputs = tuple(p.name for p in params)
+        if kind == "process" and inputs != ("raw",):
+            raise PipelineDefinitionError(
+                f"{where}: a process step takes exactly one parameter named 'raw' "
+                f"(got {list(inputs)})"
+            )
+        if kind == "analytics" and not inputs:
+            raise PipelineDefinitionError(
+                f"{where}: takes no parameters; name a process or analytics step as a parameter"
+            )
+        if retries < 0 or retry_delay_seconds < 0:
+            raise PipelineDefinitionError(f"{where}: retries and retry_delay_seconds must be >= 0")
+        self.steps[name] = Step(
+            name=name,
+            kind=kind,
+            fn=fn,
+            inputs=inputs,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            version=version,
+            expects=expects,
+        )
+
+    @property
+    def process_steps(self) -> list[Step]:
+        return [s for s in self.steps.values() if s.kind == "process"]
+
+    def analytics_order(self) -> list[Step]:
+        """Analytics steps, upstream first."""
+        self.validate()
+        graph = {
+            s.name: {i for i in s.inputs if self.steps[i].kind == "analytics"}
+            for s in self.steps.values()
+            if s.kind == "analytics"
+        }
+        return [self.steps[n] for n in TopologicalSorter(graph).static_order()]
+
+    def downstream(self, name: str) -> set[str]:
+        """Every analytics step that depends on ``name``, directly or not."""
+        found: set[str] = set()
+        frontier = {name}
+        while frontier:
+            nxt = {
+                s.name
+                for s in self.steps.values()
+                if s.kind == "analytics" and frontier & set(s.inputs)
+            } - found
+            found |= nxt
+            frontier = nxt
+        return found
+
+    def validate(self) -> None:
+        """Check the graph: every parameter names a step, no cycles, at least one process step."""
+        if not self.process_steps:
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r} has no @pipeline.process step; "
+                "add one that takes 'raw' and returns a DataFrame"
+            )
+        for step in self.steps.values():
+            if step.kind != "analytics":
+                continue
+            for dep in step.inputs:
+                if dep not in self.steps:
+                    known = ", ".join(sorted(self.steps)) or "none"
+                    raise PipelineDefinitionError(
+                        f"analytics step {step.name!r} of pipeline {self.name!r}: parameter "
+                        f"{dep!r} names no step (known steps: {known})"
+                    )
+        graph = {s.name: set(s.inputs) for s in self.steps.values() if s.kind == "analytics"}
+        try:
+            tuple(TopologicalSorter(graph).static_order())
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r} has a dependency cycle: {cycle}"
+            ) from None
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Load a pipeline from ``package.module:attr`` or ``path/to/file.py:attr``, then validate it."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise PipelineDefinitionError(
+            f"pipeline spec {spec!r} must look like 'package.module:name' or 'path/file.py:name'"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise PipelineDefinitionError(f"pipeline file {path} does not exist")
+        module_name = "eventpipe_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        file_spec = importlib.util.spec_from_file_location(module_name, path)
+        if file_spec is None or file_spec.loader is None:
+            raise PipelineDefinitionError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(file_spec)
+        sys.modules[module_name] = module
+        try:
+            file_spec.loader.exec_module(module)
+        except PipelineDefinitionError:
+            sys.modules.pop(module_name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise PipelineDefinitionError(f"cannot import module {target!r}: {exc}") from exc
+    pipeline = getattr(module, attr, None)
+    if not isinstance(pipeline, Pipeline):
+        raise PipelineDefinitionError(
+            f"{spec!r}: {attr!r} is {type(pipeline).__name__}, not an eventpipe.Pipeline"
+        )
+    pipeline.validate()
+    pipeline.source = spec
+    return pipeline

@@ -1,0 +1,71 @@
+"""Settings, in one place: command-line flag -> ``EVENTPIPE_*`` environment -> ``eventpipe.toml``
+-> default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Every knob of eventpipe. Relative paths are taken from the working directory."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTPIPE_", toml_file="eventpipe.toml", extra="forbid"
+    )
+
+    pipeline: str = Field(
+        "eventpipe.demo:pipeline",
+        description="The pipeline to run: 'package.module:name' or 'path/file.py:name'.",
+    )
+    inbox: Path = Field(Path("inbox"), description="Folder watched for new files.")
+    data: Path = Field(Path("data"), description="Where outputs, versions and the ledger live.")
+    home: Path = Field(
+        Path(".eventpipe"),
+        description="Project-local state: the embedded server's PREFECT_HOME, logs.",
+    )
+    host: str = Field("127.0.0.1", description="Address the embedded server binds to.")
+    port: int = Field(4200, description="Port of the embedded Prefect server (0 picks a free one).")
+    api_url: str | None = Field(
+        None, description="Use this Prefect API instead of starting an embedded server."
+    )
+    settle_seconds: float = Field(
+        0.05, ge=0, description="A file is taken once its size and mtime stay the same this long."
+    )
+    max_file_bytes: int = Field(1 << 30, gt=0, description="Larger files are rejected.")
+    rescan_seconds: float = Field(
+        30.0, gt=0, description="How often the inbox is rescanned for files the watcher missed."
+    )
+    sweep_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the runner looks for scheduled runs it was not told about.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def resolved(self) -> Settings:
+        """A copy with absolute paths, so child processes and deployments agree on them."""
+        return self.model_copy(
+            update={
+                "inbox": self.inbox.resolve(),
+                "data": self.data.resolve(),
+                "home": self.home.resolve(),
+            }
+        )

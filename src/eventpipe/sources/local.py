@@ -1,0 +1,200 @@
+"""The folder source: watchfiles on the inbox, plus the scans watchfiles can't replace.
+
+watchfiles reports nothing for files present at start, can miss the first file after a
+``mkdir -p`` and says nothing about the contents of a folder moved in; and no event says
+"write finished". So the inbox is scanned on start, a folder is walked when it appears, the
+whole inbox is rescanned periodically, and a file is taken only once its size and mtime hold
+still for ``settle_seconds`` (temp names and dotfiles are never taken).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchfiles import Change, watch
+
+from eventpipe.keys import file_uri
+from eventpipe.models import Landed
+from eventpipe.readers import suffix_of
+from eventpipe.storage import file_digest
+
+log = logging.getLogger("eventpipe.sources.local")
+
+IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", ".swp", "~")
+
+
+def is_ignored(relative: Path) -> bool:
+    """Temp files and anything under a dot-name are never taken."""
+    if any(part.startswith(".") for part in relative.parts):
+        return True
+    return relative.name.lower().endswith(IGNORED_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file the source refuses before it reaches the ledger."""
+
+    path: Path
+    relative: str
+    reason: str
+
+
+class FolderSource:
+    """Watches ``inbox`` and calls ``on_landed`` once per complete new or changed file."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        on_landed: Callable[[Landed], None],
+        on_rejected: Callable[[Rejected], None] | None = None,
+        *,
+        settle_seconds: float = 0.05,
+        max_file_bytes: int = 1 << 30,
+        rescan_seconds: float = 30.0,
+    ) -> None:
+        self.inbox = inbox.resolve()
+        self.on_landed = on_landed
+        self.on_rejected = on_rejected or (
+            lambda r: log.warning("rejected %s: %s", r.relative, r.reason)
+        )
+        self.settle_seconds = settle_seconds
+        self.max_file_bytes = max_file_bytes
+        self.rescan_seconds = rescan_seconds
+        self._seen: dict[Path, tuple[int, int]] = {}
+        self._rejected: dict[Path, tuple[int, int]] = {}
+        self.ready = threading.Event()
+
+    def scan(self) -> None:
+        """Take every complete file under the inbox not yet taken in its current form."""
+        self.consider(self._walk(self.inbox))
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set. Scans first, so files already there are not missed."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        watcher = watch(
+            self.inbox,
+            debounce=200,
+            step=10,
+            stop_event=stop,
+            rust_timeout=int(self.rescan_seconds * 1000),
+            yield_on_timeout=True,
+            recursive=True,
+            ignore_permission_denied=True,
+        )
+        self.scan()
+        self.ready.set()
+        for changes in watcher:
+            if stop.is_set():
+                break
+            if not changes:
+                self.scan()
+                continue
+            paths: list[Path] = []
+            for change, name in changes:
+                path = Path(name)
+                if change == Change.deleted:
+                    self._seen.pop(path, None)
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    paths.extend(self._walk(path))
+                else:
+                    paths.append(path)
+            self.consider(paths)
+
+    def consider(self, paths: Iterable[Path]) -> None:
+        pending = {p for p in paths if self._candidate(p)}
+        while pending:
+            stable, pending = self._settle(pending)
+            for path in sorted(stable):
+                self._take(path)
+
+    def _walk(self, root: Path) -> list[Path]:
+        out: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            out.extend(Path(dirpath) / f for f in filenames)
+        return out
+
+    def _candidate(self, path: Path) -> bool:
+        try:
+            relative = path.relative_to(self.inbox)
+        except ValueError:
+            return False
+        if is_ignored(relative):
+            return False
+        try:
+            st = path.stat() if not path.is_symlink() else path.lstat()
+        except FileNotFoundError:
+            return False
+        key = (st.st_size, st.st_mtime_ns)
+        return self._seen.get(path) != key and self._rejected.get(path) != key
+
+    def _settle(self, paths: set[Path]) -> tuple[set[Path], set[Path]]:
+        """Split ``paths`` into those whose size and mtime held still, and those still growing."""
+        before = {p: _stat_key(p) for p in paths}
+        if self.settle_seconds:
+            time.sleep(self.settle_seconds)
+        stable, moving = set(), set()
+        for path, key in before.items():
+            now = _stat_key(path)
+            if now is None:
+                continue
+            (stable if now == key else moving).add(path)
+        return stable, moving
+
+    def _take(self, path: Path) -> None:
+        relative = path.relative_to(self.inbox).as_posix()
+        key = _stat_key(path)
+        if key is None:
+            return
+        reason = self._refusal(path)
+        if reason is not None:
+            self._rejected[path] = key
+            self.on_rejected(Rejected(path=path, relative=relative, reason=reason))
+            return
+        try:
+            fingerprint = file_digest(path)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", relative, exc)
+            return
+        if _stat_key(path) != key:
+            return  # still being written: the next event takes it
+        self._seen[path] = key
+        self.on_landed(
+            Landed(
+                uri=file_uri(path),
+                relative=relative,
+                size=key[0],
+                fingerprint=fingerprint,
+                source="local",
+                local_path=str(path),
+            )
+        )
+
+    def _refusal(self, path: Path) -> str | None:
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.inbox):
+                return "symlink points outside the inbox"
+            if not target.is_file():
+                return "symlink does not point to a file"
+        if suffix_of(path.name) is None:
+            return "unsupported file type (use .csv, .csv.gz, .json, .jsonl or .parquet)"
+        size = path.stat().st_size
+        if size > self.max_file_bytes:
+            return f"file is {size} bytes, over the limit of {self.max_file_bytes}"
+        return None
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size, st.st_mtime_ns

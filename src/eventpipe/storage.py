@@ -1,0 +1,94 @@
+"""Where outputs live, and how they are written: temp name, fsync, rename.
+
+Layout under the data dir (a documented contract; users read these paths directly)::
+
+    processed/<pipeline>/<step>/<partition>.parquet   current partition of a process step
+    analytics/<pipeline>/<name>.parquet               current analytics asset
+    versions/<pipeline>/<asset>/<version>.parquet     every version ever written (content-addressed)
+    raw/<pipeline>/<sha256><suffix>                   immutable snapshot of each landed file
+    ledger.sqlite                                     files, outbox, asset catalog
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+
+class Storage:
+    """Paths and atomic writes for one pipeline's outputs under ``data``."""
+
+    def __init__(self, data: Path, pipeline: str) -> None:
+        self.data = data.resolve()
+        self.pipeline = pipeline
+
+    def processed_path(self, step: str, partition: str) -> Path:
+        return self.data / "processed" / self.pipeline / step / f"{partition}.parquet"
+
+    def analytics_path(self, name: str) -> Path:
+        return self.data / "analytics" / self.pipeline / f"{name}.parquet"
+
+    def version_path(self, asset: str, version: str) -> Path:
+        return self.data / "versions" / self.pipeline / asset / f"{version}.parquet"
+
+    def raw_snapshot_path(self, fingerprint: str, suffix: str) -> Path:
+        return self.data / "raw" / self.pipeline / f"{fingerprint}{suffix}"
+
+    def write_version(self, asset: str, frame: pd.DataFrame) -> tuple[str, Path]:
+        """Write ``frame`` into the version store; the version id is the digest of its bytes."""
+        staging = self.data / "versions" / self.pipeline / asset
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=staging, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            frame.to_parquet(tmp, index=False)
+            version = file_digest(tmp)[:16]
+            final = self.version_path(asset, version)
+            _fsync_file(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return version, final
+
+    def snapshot_raw(self, source: Path, fingerprint: str, suffix: str) -> Path:
+        """Copy a landed file into the raw store once; later writes to the source can't change it."""
+        target = self.raw_snapshot_path(fingerprint, suffix)
+        if not target.exists():
+            atomic_copy(source, target)
+        return target
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(source, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

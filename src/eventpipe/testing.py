@@ -1,0 +1,97 @@
+"""Fixtures and helpers for testing eventpipe pipelines against real components.
+
+Prefect reads its settings from the environment once, at import: call
+:func:`configure_prefect_env` before anything imports Prefect (a pytest ``pytest_configure``
+hook is the place), then start the server with :func:`prefect_server`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from eventpipe.server import EmbeddedServer, free_port, server_env
+
+T = TypeVar("T")
+
+
+def configure_prefect_env(root: Path | None = None, port: int | None = None) -> EmbeddedServer:
+    """Point Prefect (this process and its children) at a not-yet-started server with a
+    private ``PREFECT_HOME`` under ``root``. Returns the server; start it with ``.start()``."""
+    root = root or Path(tempfile.mkdtemp(prefix="eventpipe-prefect-"))
+    server = EmbeddedServer(root / "prefect-home", port=port or free_port())
+    os.environ.update(server_env(server.home, server.port))
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(root / "results")
+    return server
+
+
+@contextmanager
+def prefect_server(root: Path | None = None) -> Iterator[EmbeddedServer]:
+    """A real Prefect server on 127.0.0.1 and a free port, for the duration of the block."""
+    server = configure_prefect_env(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def drop_file(inbox: Path, name: str, content: str | bytes) -> Path:
+    """Write a file into ``inbox`` the way well-behaved producers do: temp name, then rename."""
+    target = inbox / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if isinstance(content, str):
+        tmp.write_text(content, encoding="utf-8")
+    else:
+        tmp.write_bytes(content)
+    tmp.replace(target)
+    return target
+
+
+def wait_for(
+    check: Callable[[], T], timeout: float = 60.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_events(
+    api_url: str,
+    names: list[str] | None = None,
+    resource_prefix: list[str] | None = None,
+    since: str | None = None,
+    limit: int = 2000,
+) -> list[dict[str, Any]]:
+    """Events stored by the server, oldest first, paging through ``/api/events/filter``."""
+    body: dict[str, Any] = {"filter": {"order": "ASC"}, "limit": 50}
+    if names:
+        body["filter"]["event"] = {"name": names}
+    if resource_prefix:
+        body["filter"]["resource"] = {"id_prefix": resource_prefix}
+    if since:
+        body["filter"]["occurred"] = {"since": since}
+    else:
+        body["filter"]["occurred"] = {"since": "2000-01-01T00:00:00Z"}
+    out: list[dict[str, Any]] = []
+    with httpx.Client(timeout=30) as client:
+        page = client.post(f"{api_url}/events/filter", json=body).raise_for_status().json()
+        out.extend(page["events"])
+        while page.get("next_page") and len(out) < limit:
+            page = client.get(page["next_page"]).raise_for_status().json()
+            out.extend(page["events"])
+    return out
