@@ -52,6 +52,24 @@ def configure_api(settings: Settings) -> EmbeddedServer | None:
     return server
 
 
+def pipeline_source(spec: str) -> Path | None:
+    """The file that defines the pipeline of ``spec``, if there is one."""
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py") or "/" in target:
+        return Path(target)
+    import importlib.util
+
+    found = importlib.util.find_spec(target)
+    return Path(found.origin) if found and found.origin else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def port_is_free(host: str, port: int) -> bool:
     import socket
 
@@ -127,7 +145,24 @@ class LocalLoop:
             )
             self._watch_thread.start()
             self._source.ready.wait(30)
+        threading.Thread(target=self._watch_code, name="eventpipe-code", daemon=True).start()
         return self
+
+    def _watch_code(self) -> None:
+        """Edited step code changes code versions: start a run so dependents are recomputed."""
+        source = pipeline_source(self.spec)
+        if source is None:
+            return
+        last = _mtime(source)
+        while not self._stop.wait(1.0):
+            now = _mtime(source)
+            if now != last:
+                last = now
+                log.info("pipeline code changed (%s); recomputing what depends on it", source)
+                try:
+                    self.kick()
+                except Exception as exc:
+                    log.warning("could not start a run: %s", exc)
 
     def kick(self) -> None:
         """Start a run now (pending work found on start, ``eventpipe retry``)."""

@@ -233,4 +233,5 @@ class OutboxPump:
             flush_outbox(self._ledger, self._sender)
         except Exception:
             log.debug("final outbox flush failed", exc_info=True)
+        self._sender.close()
         self._ledger.close()

@@ -408,19 +408,15 @@ def materialize_pipeline(pipeline: str, data: str) -> dict[str, Any]:
 
 
 def _deliver(ledger: Ledger) -> None:
+    """Send what this run queued now; whatever fails stays in the outbox for the pump."""
     try:
-        ev.flush_outbox(ledger, _sender())
+        sender = ev.EventSender.from_prefect_settings()
+        try:
+            ev.flush_outbox(ledger, sender)
+        finally:
+            sender.close()
     except Exception:
         log.warning("could not deliver events now; they stay in the outbox", exc_info=True)
-
-
-_SENDER: list[ev.EventSender] = []
-
-
-def _sender() -> ev.EventSender:
-    if not _SENDER:
-        _SENDER.append(ev.EventSender.from_prefect_settings())
-    return _SENDER[0]
 
 
 def _materialize(run: _Run, started: float) -> dict[str, Any]:
@@ -451,6 +447,7 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
     oldest = min((r.seen_at for r in claimed), default=None)
 
     changed_partitions: dict[str, list[str]] = {}
+    done: list[int] = []
     for row, steps in (work[k] for k in sorted(work)):
         line = FileLine(name=row.relative, outcome="processed")
         if row.id in claimed_ids:
@@ -500,10 +497,12 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
                     [],
                 )
         if ok and row.id in claimed_ids:
-            ledger.finish(row.id, "done")
+            done.append(row.id)
         run.frames.pop(row.id, None)
 
     _run_analytics(run, changed_partitions, logger)
+    # A file is done once everything downstream of it is current.
+    ledger.finish_many(done, "done")
     freshness = time.time() - oldest if oldest is not None else None
     report.freshness_seconds = freshness
     report.add_time("total", time.time() - started)

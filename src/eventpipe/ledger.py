@@ -295,6 +295,13 @@ class Ledger:
             if event is not None:
                 self._queue(db, event[0], event[1], file_id)
 
+    def finish_many(self, file_ids: list[int], state: FileState) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE files SET state=?, reason=NULL, updated_at=? WHERE id=?",
+                [(state, time.time(), i) for i in file_ids],
+            )
+
     def requeue(
         self, pipeline: str, event_for: Any, states: tuple[FileState, ...] = ("failed",)
     ) -> list[FileRow]:

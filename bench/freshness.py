@@ -1,0 +1,461 @@
+"""Freshness benchmark: file on disk -> every analytics output updated, eventpipe vs. Prefect.
+
+Both paths share one real Prefect server, the same flow, the same pipeline steps and the same
+files; they differ only in how the triggered run is picked up and executed:
+
+* eventpipe: ``LocalLoop`` (folder watcher, outbox pump, push runner in a warm process);
+* baseline: ``materialize_pipeline.serve(...)`` in a subprocess with Prefect's defaults (a
+  runner polling every 10 s, each run in a fresh interpreter). The benchmark records the file
+  and sends its landed event itself, as eventpipe's watcher would.
+
+    .venv/bin/python bench/freshness.py [--drops 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+# None of these import Prefect, which must first see the environment configure_prefect_env sets.
+from eventpipe.app import LocalLoop, record
+from eventpipe.demo import write_sample
+from eventpipe.events import EventSender, flush_outbox
+from eventpipe.keys import file_uri
+from eventpipe.ledger import Ledger
+from eventpipe.models import Landed
+from eventpipe.pipeline import load_pipeline
+from eventpipe.settings import Settings
+from eventpipe.storage import Storage, file_digest
+from eventpipe.testing import configure_prefect_env, drop_file
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PIPELINE_FILE = BENCH / "bench_pipeline.py"
+RESULTS = BENCH / "results" / "freshness.json"
+
+POLL_SECONDS = 0.002
+DROP_TIMEOUT = 60.0
+GAP_SECONDS = (0.3, 1.5)
+SERVE_READY_TIMEOUT = 120.0
+BASE_NAME = "bench_base"
+
+SERVE_SCRIPT = """
+import sys
+from eventpipe.flows import materialize_pipeline
+from eventpipe.deploy import landed_trigger
+
+materialize_pipeline.serve(
+    name=sys.argv[3],
+    parameters={"pipeline": sys.argv[1], "data": sys.argv[2]},
+    triggers=[landed_trigger(sys.argv[3])],
+)
+"""
+
+Sample = tuple[str, bytes]
+Dropper = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One file: seconds from just before it was written until analytics were updated."""
+
+    index: int
+    first_seconds: float | None
+    """Until the first analytics output had a new mtime (None: timed out)."""
+    all_seconds: float | None
+    """Until every analytics output had a new mtime (None: timed out)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    path: str
+    n: int
+    timeouts: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    first_p50: float | None
+    first_p95: float | None
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def make_samples(staging: Path, count: int) -> list[Sample]:
+    """Every file's bytes, generated up front so that producing them is not timed."""
+    samples: list[Sample] = []
+    for index in range(count):
+        path = write_sample(staging, index, rows=50)
+        samples.append((path.name, path.read_bytes()))
+    return samples
+
+
+def analytics_outputs(spec: str, data: Path) -> list[Path]:
+    """The current-output path of every analytics step (they don't exist before the first run)."""
+    pipeline = load_pipeline(spec)
+    store = Storage(data, pipeline.name)
+    return [store.analytics_path(step.name) for step in pipeline.analytics_order()]
+
+
+def mtimes(paths: Sequence[Path]) -> list[int | None]:
+    out: list[int | None] = []
+    for path in paths:
+        try:
+            out.append(path.stat().st_mtime_ns)
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+def wait_fresh(
+    paths: Sequence[Path], before: list[int | None], t0: float, timeout: float
+) -> tuple[float | None, float | None]:
+    """Poll until every path's mtime moved on from ``before``; (first, all) seconds since t0."""
+    first: float | None = None
+    fresh = [False] * len(paths)
+    deadline = t0 + timeout
+    while True:
+        now_mtimes = mtimes(paths)
+        now = time.perf_counter()
+        for i, (was, is_) in enumerate(zip(before, now_mtimes, strict=True)):
+            if not fresh[i] and is_ is not None and is_ != was:
+                fresh[i] = True
+                first = now - t0 if first is None else first
+        if all(fresh):
+            return first, now - t0
+        if now > deadline:
+            return first, None
+        time.sleep(POLL_SECONDS)
+
+
+def measure(
+    label: str, drop: Dropper, outputs: Sequence[Path], samples: list[Sample], seed: int
+) -> list[Drop]:
+    # Both paths get the same seed, hence the same sequence of gaps.
+    rng = random.Random(seed)
+    drops: list[Drop] = []
+    for index, (name, content) in enumerate(samples):
+        before = mtimes(outputs)
+        t0 = time.perf_counter()
+        drop(name, content)
+        first, every = wait_fresh(outputs, before, t0, DROP_TIMEOUT)
+        drops.append(Drop(index=index, first_seconds=first, all_seconds=every))
+        shown = f"{every:6.3f} s" if every is not None else "timeout"
+        print(f"  {label:9} drop {index + 1:2}/{len(samples)}: {shown}", flush=True)
+        time.sleep(rng.uniform(*GAP_SECONDS))
+    return drops
+
+
+# -- eventpipe ---------------------------------------------------------------------------------
+
+
+def run_eventpipe(root: Path, api_url: str, samples: list[Sample], seed: int) -> list[Drop]:
+    settings = Settings(
+        pipeline=f"{PIPELINE_FILE}:fast",
+        inbox=root / "ep-inbox",
+        data=root / "ep-data",
+        api_url=api_url,
+        home=root / "ep-home",
+    )
+    loop = LocalLoop(settings).start()
+    try:
+        outputs = analytics_outputs(loop.spec, loop.data)
+        inbox = loop.settings.inbox
+
+        def drop(name: str, content: bytes) -> None:
+            drop_file(inbox, name, content)
+
+        return measure("eventpipe", drop, outputs, samples, seed)
+    finally:
+        loop.stop()
+
+
+# -- baseline: Prefect's serve with its defaults -------------------------------------------------
+
+
+def start_serve(spec: str, data: Path, log: Path) -> subprocess.Popen[bytes]:
+    # Only the API location and home are inherited; any runner tuning is dropped so the
+    # runner polls at Prefect's default frequency.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_RUNNER_")}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", SERVE_SCRIPT, spec, str(data), BASE_NAME],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its flow-run children are stopped with it
+        )
+
+
+def wait_serving(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> UUID:
+    """Wait until the deployment and its trigger exist and the runner has polled once (the
+    server marks a deployment READY when its runner asks for scheduled runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import DeploymentStatus
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited with code {proc.returncode}; see {log}")
+            try:
+                deployment = client.read_deployment_by_name(f"materialize/{BASE_NAME}")
+            except ObjectNotFound:
+                time.sleep(0.5)
+                continue
+            automations = client.read_resource_related_automations(
+                f"prefect.deployment.{deployment.id}"
+            )
+            if deployment.status == DeploymentStatus.READY and automations:
+                return deployment.id
+            time.sleep(0.5)
+    raise TimeoutError(f"serve was not polling after {timeout:.0f} s; see {log}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (this kernel has no /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_runs_exited(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Let the last run's process exit first: signalled while still exiting, a run that
+    already reported Completed ends up Cancelled."""
+    deadline = time.monotonic() + timeout
+    while child_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def landed(inbox: Path, path: Path) -> Landed:
+    """What eventpipe's folder source reports for ``path``."""
+    return Landed(
+        uri=file_uri(path),
+        relative=path.relative_to(inbox).as_posix(),
+        size=path.stat().st_size,
+        fingerprint=file_digest(path),
+        source="local",
+        local_path=str(path),
+    )
+
+
+def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
+    from eventpipe import deploy
+
+    inbox = (root / "base-inbox").resolve()
+    data = (root / "base-data").resolve()
+    spec = f"{PIPELINE_FILE}:base"
+    log = root / "serve.log"
+    inbox.mkdir(parents=True)
+    proc = start_serve(spec, data, log)
+    deployment_id: UUID | None = None
+    try:
+        deployment_id = wait_serving(proc, log, SERVE_READY_TIMEOUT)
+        ledger = Ledger(data / "ledger.sqlite")
+        sender = EventSender.from_prefect_settings()
+
+        def drop(name: str, content: bytes) -> None:
+            path = drop_file(inbox, name, content)
+            record(ledger, BASE_NAME, landed(inbox, path))
+            if flush_outbox(ledger, sender) < 0:
+                raise RuntimeError("the server did not take the landed event")
+
+        try:
+            return measure("baseline", drop, analytics_outputs(spec, data), samples, seed)
+        finally:
+            sender.close()
+            ledger.close()
+    finally:
+        if deployment_id is not None:
+            deploy.set_paused(deployment_id, paused=True)
+        wait_runs_exited(proc)
+        stop_serve(proc)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def p95(values: list[float]) -> float:
+    """Nearest-rank 95th percentile."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(0.95 * len(ordered))) - 1]
+
+
+def summarize(path: str, drops: list[Drop]) -> Summary:
+    every = [d.all_seconds for d in drops if d.all_seconds is not None]
+    first = [d.first_seconds for d in drops if d.first_seconds is not None]
+    return Summary(
+        path=path,
+        n=len(every),
+        timeouts=len(drops) - len(every),
+        p50=statistics.median(every) if every else None,
+        p95=p95(every) if every else None,
+        max=max(every) if every else None,
+        first_p50=statistics.median(first) if first else None,
+        first_p95=p95(first) if first else None,
+    )
+
+
+def ratio(baseline: Summary, fast: Summary) -> float | None:
+    if baseline.p50 is None or not fast.p50:
+        return None
+    return baseline.p50 / fast.p50
+
+
+def _s(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def print_table(rows: list[Summary], speedup: float | None) -> None:
+    print()
+    print("file on disk -> every analytics output updated (seconds)")
+    header = f"{'path':<28} {'n':>3} {'p50':>7} {'p95':>7} {'max':>7}   {'first p50':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.path:<28} {r.n:>3} {_s(r.p50):>7} {_s(r.p95):>7} {_s(r.max):>7}"
+            f"   {_s(r.first_p50):>9}" + (f"  ({r.timeouts} timed out)" if r.timeouts else "")
+        )
+    shown = f"{speedup:.1f}x" if speedup is not None else "-"
+    print(f"\nratio (baseline p50 / eventpipe p50): {shown}")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "loadavg_1m_at_end": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "prefect": version("prefect"),
+        "eventpipe": version("eventpipe"),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether the working tree differed from it."""
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
+        return result.stdout.rstrip("\n")
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": git("status", "--porcelain").splitlines(),
+        "diff_sha256": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest(),
+    }
+
+
+def write_results(
+    args: argparse.Namespace,
+    runs: dict[str, list[Drop]],
+    rows: list[Summary],
+    speedup: float | None,
+) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "measure": "seconds from just before a file is written into the inbox until every "
+        "analytics parquet of its pipeline has a new mtime",
+        "config": {
+            "drops": args.drops,
+            "seed": args.seed,
+            "gap_seconds": GAP_SECONDS,
+            "poll_seconds": POLL_SECONDS,
+            "drop_timeout_seconds": DROP_TIMEOUT,
+            "rows_per_file": 50,
+        },
+        "summary": {r.path: asdict(r) for r in rows},
+        "ratio_p50": speedup,
+        "drops": {name: [asdict(d) for d in drops] for name, drops in runs.items()},
+        "machine": machine(),
+        "git": git_state(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    RESULTS.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drops", type=int, default=30, help="files dropped per path")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the gaps between drops")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    root = Path(tempfile.mkdtemp(prefix="eventpipe-bench-")).resolve()
+    print(f"working in {root}", flush=True)
+    # Before anything imports Prefect: it reads its settings from the environment at import.
+    server = configure_prefect_env(root)
+    samples = make_samples(root / "staging", args.drops)
+    started = time.monotonic()
+    server.start()
+    print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
+    try:
+        runs = {
+            "eventpipe": run_eventpipe(root, server.api_url, samples, args.seed),
+            "baseline": run_baseline(root, samples, args.seed),
+        }
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    rows = [
+        summarize("eventpipe (push runner)", runs["eventpipe"]),
+        summarize("baseline (serve, defaults)", runs["baseline"]),
+    ]
+    speedup = ratio(rows[1], rows[0])
+    print_table(rows, speedup)
+    write_results(args, runs, rows, speedup)
+
+
+if __name__ == "__main__":
+    main()

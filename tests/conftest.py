@@ -1,0 +1,44 @@
+"""One real Prefect server for the whole test session (temp PREFECT_HOME, 127.0.0.1, free port).
+
+Prefect reads its settings from the environment once, at import, so the environment is set
+in ``pytest_configure``, before any test module imports Prefect.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventpipe.server import EmbeddedServer
+
+_SERVER = pytest.StashKey[EmbeddedServer]()
+_ROOT = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from eventpipe.testing import configure_prefect_env
+
+    root = Path(tempfile.mkdtemp(prefix="eventpipe-tests-"))
+    config.stash[_ROOT] = root
+    config.stash[_SERVER] = configure_prefect_env(root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_SERVER, None)
+    if server is not None:
+        server.stop()
+    root = config.stash.get(_ROOT, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(pytestconfig: pytest.Config) -> Iterator[EmbeddedServer]:
+    """The session's Prefect server, started on first use."""
+    server = pytestconfig.stash[_SERVER]
+    server.start(timeout=180)
+    yield server
