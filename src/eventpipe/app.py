@@ -127,7 +127,7 @@ class LocalLoop:
             flows.materialize_pipeline,
             self.deployment_id,
             sweep_seconds=s.sweep_seconds,
-            on_finished=(lambda run, state: self.on_run(run.name, state)) if self.on_run else None,
+            on_finished=self._finished,
         ).start()
         if self.ledger.counts(self.pipeline.name).keys() & {"landed", "sent"}:
             self.kick()
@@ -164,6 +164,10 @@ class LocalLoop:
                 except Exception as exc:
                     log.warning("could not start a run: %s", exc)
 
+    def _finished(self, run: Any, state: Any) -> None:
+        if self.on_run is not None:
+            self.on_run(run.name, state)
+
     def kick(self) -> None:
         """Start a run now (pending work found on start, ``eventpipe retry``)."""
         from prefect.client.orchestration import get_client
@@ -173,7 +177,9 @@ class LocalLoop:
             client.create_flow_run_from_deployment(self.deployment_id)
 
     def _on_landed(self, landed: Landed) -> None:
-        assert self.ledger is not None and self.pipeline is not None and self._pump is not None
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        assert self._pump is not None
         outcome = record(self.ledger, self.pipeline.name, landed)
         log.info("%s: %s", landed.relative, outcome)
         self._pump.poke()

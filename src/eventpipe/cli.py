@@ -247,12 +247,12 @@ def status(
                 str(a["partitions"]) if a["kind"] == "processed" else "-",
             )
         console.print(table)
-        files = Table(title=f"pipeline {pipeline}: files")
+        file_table = Table(title=f"pipeline {pipeline}: files")
         for col in ("file", "state", "updated (UTC)", "reason"):
-            files.add_column(col)
+            file_table.add_column(col)
         for f in body["files"][-50:]:
-            files.add_row(f["file"], f["state"], _when(f["updated_at"]), f["reason"] or "")
-        console.print(files)
+            file_table.add_row(f["file"], f["state"], _when(f["updated_at"]), f["reason"] or "")
+        console.print(file_table)
         console.print(f"counts: {body['counts']}")
 
 
@@ -317,8 +317,10 @@ def explain(file: str, /, *, data: Path | None = None) -> None:
         r
         for r in ledger.files()
         if r.relative == file
-        or (r.uri.endswith("/" + target.name)
-        and (target.name == file or r.local_path == str(target.resolve())))
+        or (
+            r.uri.endswith("/" + target.name)
+            and (target.name == file or r.local_path == str(target.resolve()))
+        )
     ]
     if not rows:
         raise EventpipeError(f"the ledger has never seen {file!r}")
@@ -327,7 +329,8 @@ def explain(file: str, /, *, data: Path | None = None) -> None:
             f"[bold]{row.relative}[/] ({row.uri})  sha256 {row.sha256[:12]}…  {row.size} bytes"
         )
         console.print(
-            f"  first seen {_when(row.seen_at)}; now [bold]{row.state}[/] since {_when(row.updated_at)}"
+            f"  first seen {_when(row.seen_at)}; now [bold]{row.state}[/]"
+            f" since {_when(row.updated_at)}"
             + (f" — {row.reason}" if row.reason else "")
             + (f"; run {row.run_id}" if row.run_id else "")
             + f"; attempts {row.attempts}"

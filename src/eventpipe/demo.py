@@ -39,7 +39,8 @@ def revenue_by_day(orders: pd.DataFrame) -> pd.DataFrame:
 
 @pipeline.analytics
 def revenue_by_region(orders: pd.DataFrame) -> pd.DataFrame:
-    return orders.groupby("region", as_index=False)["amount"].sum().sort_values("region")
+    totals = orders.groupby("region", as_index=False).agg(revenue=("amount", "sum"))
+    return totals.sort_values(by="region", ignore_index=True)
 
 
 @pipeline.analytics

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.deployments.runner import EntrypointType
+from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
 from prefect.events import DeploymentEventTrigger
 
 from eventpipe.events import FILE_LANDED, pipeline_resource_id
@@ -24,13 +25,13 @@ def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
         expect={FILE_LANDED},
         match={"eventpipe.pipeline": pipeline},
         threshold=1,
-        within=0,
+        within=timedelta(0),
     )
 
 
 def register(pipeline: Pipeline, spec: str, data: Path) -> UUID:
-    """Create or update deployment ``materialize/<pipeline>`` with its landed-file trigger, unpaused."""
-    deployment = materialize_pipeline.to_deployment(
+    """Create or update deployment ``materialize/<pipeline>`` and its trigger, unpaused."""
+    deployment: RunnerDeployment = materialize_pipeline.to_deployment(  # type: ignore[assignment]
         name=pipeline.name,
         parameters={"pipeline": spec, "data": str(data.resolve())},
         triggers=[landed_trigger(pipeline.name)],
@@ -39,7 +40,7 @@ def register(pipeline: Pipeline, spec: str, data: Path) -> UUID:
         tags=["eventpipe", f"eventpipe:{pipeline.name}"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    deployment_id = deployment.apply()
+    deployment_id: UUID = deployment.apply()  # type: ignore[assignment]  # sync in a sync context
     set_paused(deployment_id, paused=False)
     return deployment_id
 

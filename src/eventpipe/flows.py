@@ -25,9 +25,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import FlowRunContext
-from prefect.states import State
 
 from eventpipe import events as ev
 from eventpipe.artifacts import FileLine, RunReport, artifact_key, table_rows
@@ -158,7 +157,7 @@ def _check_schema(step: Step, frame: pd.DataFrame) -> None:
         if dtype is None:
             continue
         try:
-            frame[column].astype(dtype)
+            frame[column].astype(dtype)  # type: ignore[call-overload]  # any dtype name
         except (ValueError, TypeError) as exc:
             raise RejectedInput(
                 f"step {step.name!r}: column {column!r} is not {dtype}: {str(exc)[:120]}"
@@ -198,7 +197,8 @@ def _read_versions(paths: list[str]) -> pd.DataFrame:
     table = (
         tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     )
-    return table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
 
 
 def _analytics(run: _Run, step: Step, inputs: AnalyticsInputs) -> Output:
@@ -251,7 +251,7 @@ def _materializing_task(
             _TASKS.clear()
         task = materialize(
             Asset(key=key, properties=AssetProperties(name=name)),
-            asset_deps=deps or None,
+            asset_deps=list[Asset | str](deps) if deps else None,
         )(fn).with_options(**options)
         _TASKS[cache_key] = task
     return task
@@ -615,5 +615,6 @@ def _artifacts(run: _Run) -> None:
         create_table_artifact(
             table_rows(frame),
             key=artifact_key(pipe.name, name),
-            description=f"{pipe.name}/{name} version {row.version}: {row.rows} rows (first 20 shown)",
+            description=f"{pipe.name}/{name} version {row.version}: {row.rows} rows "
+            "(first 20 shown)",
         )

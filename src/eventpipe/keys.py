@@ -69,7 +69,7 @@ def key_to_uri(key: str) -> str:
 
 
 def file_uri(path: Path) -> str:
-    """``file://`` URI of an absolute path, kept unescaped (escaping happens in :func:`asset_key`)."""
+    """``file://`` URI of an absolute path, unescaped (:func:`asset_key` escapes)."""
     return "file://" + str(path.resolve())
 
 

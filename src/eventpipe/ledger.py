@@ -211,7 +211,8 @@ class Ledger:
                 twin = None
                 if latest is None:
                     twin = db.execute(
-                        "SELECT uri FROM files WHERE pipeline=? AND sha256=? AND uri<>? AND state IN"
+                        "SELECT uri FROM files WHERE pipeline=? AND sha256=? AND uri<>?"
+                        " AND state IN"
                         " ('landed','sent','processing','done') LIMIT 1",
                         (pipeline, landed.fingerprint, landed.uri),
                     ).fetchone()
@@ -325,7 +326,7 @@ class Ledger:
         return rows
 
     def files(self, pipeline: str | None = None, uri: str | None = None) -> list[FileRow]:
-        sql, args = "SELECT * FROM files WHERE 1=1", []
+        sql, args = "SELECT * FROM files WHERE 1=1", list[str]()
         if pipeline is not None:
             sql, args = sql + " AND pipeline=?", [*args, pipeline]
         if uri is not None:
@@ -368,7 +369,8 @@ class Ledger:
         rows = (
             self._conn()
             .execute(
-                "SELECT id, body, file_id FROM outbox WHERE sent_at IS NULL ORDER BY created_at LIMIT ?",
+                "SELECT id, body, file_id FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY created_at LIMIT ?",
                 (limit,),
             )
             .fetchall()

@@ -95,7 +95,7 @@ class Pipeline:
         version: str | None = None,
         expects: dict[str, str | None] | Schema | None = None,
     ) -> Callable[[Fn], Fn]: ...
-    def process(
+    def process(  # type: ignore[misc]  # mypy can't match a TypeVar bound only by the return
         self,
         fn: Fn | None = None,
         /,
@@ -125,7 +125,7 @@ class Pipeline:
     def analytics(
         self, *, retries: int = 0, retry_delay_seconds: float = 0, version: str | None = None
     ) -> Callable[[Fn], Fn]: ...
-    def analytics(
+    def analytics(  # type: ignore[misc]  # as for process()
         self,
         fn: Fn | None = None,
         /,
@@ -253,7 +253,7 @@ class Pipeline:
 
 
 def load_pipeline(spec: str) -> Pipeline:
-    """Load a pipeline from ``package.module:attr`` or ``path/to/file.py:attr``, then validate it."""
+    """Load a pipeline from ``package.module:attr`` or ``path/to/file.py:attr``; validate it."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise PipelineDefinitionError(

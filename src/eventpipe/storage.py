@@ -58,7 +58,7 @@ class Storage:
         return version, final
 
     def snapshot_raw(self, source: Path, fingerprint: str, suffix: str) -> Path:
-        """Copy a landed file into the raw store once; later writes to the source can't change it."""
+        """Copy a landed file into the raw store once; later writes to it can't change the copy."""
         target = self.raw_snapshot_path(fingerprint, suffix)
         if not target.exists():
             atomic_copy(source, target)

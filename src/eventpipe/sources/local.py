@@ -140,7 +140,7 @@ class FolderSource:
         before = {p: _stat_key(p) for p in paths}
         if self.settle_seconds:
             time.sleep(self.settle_seconds)
-        stable, moving = set(), set()
+        stable, moving = set[Path](), set[Path]()
         for path, key in before.items():
             now = _stat_key(path)
             if now is None:
