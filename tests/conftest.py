@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,8 +36,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(pytestconfig: pytest.Config) -> Iterator[EmbeddedServer]:
-    """The session's Prefect server, started on first use."""
+def prefect_server(pytestconfig: pytest.Config) -> EmbeddedServer:
+    """The session's Prefect server, started on first use; stopped in pytest_unconfigure."""
     server = pytestconfig.stash[_SERVER]
     server.start(timeout=180)
-    yield server
+    return server

@@ -18,7 +18,7 @@ from eventpipe.server import EmbeddedServer
 from eventpipe.settings import Settings
 from eventpipe.testing import drop_file, read_events, wait_for
 
-SALES_PIPELINE = '''
+SALES_PIPELINE = """
 import os
 import pandas as pd
 from eventpipe import Pipeline
@@ -43,7 +43,7 @@ def revenue_by_day(cleaned: pd.DataFrame) -> pd.DataFrame:
 @pipeline.analytics
 def top_day(revenue_by_day: pd.DataFrame) -> pd.DataFrame:
     return revenue_by_day.nlargest(1, "amount")
-'''
+"""
 
 
 @dataclass
@@ -106,8 +106,9 @@ class Harness:
     def events(self, *names: str, prefix: list[str] | None = None) -> list[dict[str, Any]]:
         return read_events(self.server.api_url, list(names) or None, prefix)
 
-    def wait_events(self, check: Any, *names: str, timeout: float = 45,
-                    what: str = "events") -> list[dict[str, Any]]:
+    def wait_events(
+        self, check: Any, *names: str, timeout: float = 45, what: str = "events"
+    ) -> list[dict[str, Any]]:
         """The server persists events in batches of a few seconds: poll until ``check`` holds."""
 
         def ready() -> list[dict[str, Any]] | None:
@@ -129,12 +130,18 @@ def running_loop(server: EmbeddedServer, root: Path, factor: float = 1.0) -> Ite
     pipeline_file = root / "sales_pipeline.py"
     pipeline_file.write_text(SALES_PIPELINE.format(name=name, flag=flag, factor=factor))
     settings = Settings(
-        pipeline=f"{pipeline_file}:pipeline", inbox=root / "inbox", data=root / "data",
-        home=root / "home", api_url=server.api_url, rescan_seconds=5, sweep_seconds=5,
+        pipeline=f"{pipeline_file}:pipeline",
+        inbox=root / "inbox",
+        data=root / "data",
+        home=root / "home",
+        api_url=server.api_url,
+        rescan_seconds=5,
+        sweep_seconds=5,
     )
     loop = LocalLoop(settings).start()
     try:
-        yield Harness(loop=loop, server=server, name=name, root=root,
-                      pipeline_file=pipeline_file, flag=flag)
+        yield Harness(
+            loop=loop, server=server, name=name, root=root, pipeline_file=pipeline_file, flag=flag
+        )
     finally:
         loop.stop()

@@ -31,8 +31,13 @@ def total(cleaned: pd.DataFrame) -> pd.DataFrame:
 
 def eventpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventpipe.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "COLUMNS": "200"}, check=False,
+        [sys.executable, "-m", "eventpipe.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
     )
 
 
@@ -47,7 +52,7 @@ def test_run_status_versions_explain(prefect_server: EmbeddedServer, tmp_path: P
     first = eventpipe("run", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "2 file(s) recorded" in first.stdout
-    summary = json.loads(first.stdout[first.stdout.index("{"):])
+    summary = json.loads(first.stdout[first.stdout.index("{") :])
     assert summary["processed"] == 2
     assert summary["assets_updated"] == ["total"]
 
@@ -58,7 +63,10 @@ def test_run_status_versions_explain(prefect_server: EmbeddedServer, tmp_path: P
     assert assets["cleaned"]["partitions"] == 2
     assert assets["total"]["rows"] == 1
     assert assets["total"]["key"].startswith("file:///")
-    assert {f["file"]: f["state"] for f in report["files"]} == {"a.csv": "done", "b <x> #1.csv": "done"}
+    assert {f["file"]: f["state"] for f in report["files"]} == {
+        "a.csv": "done",
+        "b <x> #1.csv": "done",
+    }
 
     drop_file(tmp_path / "inbox", "a.csv", "amount\n5\n")  # a new version of a.csv
     again = eventpipe("run", cwd=tmp_path)
@@ -90,12 +98,20 @@ def test_run_status_versions_explain(prefect_server: EmbeddedServer, tmp_path: P
         found = httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={}, timeout=30)
         return {a["key"] for a in found.raise_for_status().json() if a.get("key")}
 
-    wait_for(lambda: {"cli-story-run-summary", "cli-story-total"} <= artifacts(), 30,
-             what="the run's artifacts")
+    wait_for(
+        lambda: {"cli-story-run-summary", "cli-story-total"} <= artifacts(),
+        30,
+        what="the run's artifacts",
+    )
     completed = wait_for(
-        lambda: read_events(prefect_server.api_url, ["eventpipe.pipeline.completed"],
-                            ["eventpipe.pipeline.cli_story"]),
-        45, interval=0.5, what="pipeline.completed events",
+        lambda: read_events(
+            prefect_server.api_url,
+            ["eventpipe.pipeline.completed"],
+            ["eventpipe.pipeline.cli_story"],
+        ),
+        45,
+        interval=0.5,
+        what="pipeline.completed events",
     )
     assert completed[0]["payload"]["processed"] == 2
 
@@ -106,7 +122,8 @@ def test_bad_pipeline_definition_is_a_clear_error(tmp_path: Path) -> None:
         "@pipeline.process\ndef cleaned(raw): return raw\n"
         "@pipeline.analytics\ndef total(cleand): return cleand\n"
     )
-    result = eventpipe("run", "--pipeline", "p.py:pipeline", "--api-url", "http://127.0.0.1:9/api",
-                       cwd=tmp_path)
+    result = eventpipe(
+        "run", "--pipeline", "p.py:pipeline", "--api-url", "http://127.0.0.1:9/api", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "'cleand' names no step" in result.stderr

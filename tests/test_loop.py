@@ -81,11 +81,13 @@ def test_dropped_files_become_analytics_through_the_deployment_trigger(loop: Har
         keys = {e["resource"]["prefect.resource.id"] for e in events}
         return {raw_key, processed_key, analytics_key, top_key} <= keys
 
-    events = loop.wait_events(materialized, "prefect.asset.materialization.succeeded",
-                              what="asset materialization events")
+    events = loop.wait_events(
+        materialized, "prefect.asset.materialization.succeeded", what="asset materialization events"
+    )
     by_key = {e["resource"]["prefect.resource.id"]: e for e in events}
     upstream = lambda key: {  # noqa: E731
-        r["prefect.resource.id"] for r in by_key[key]["related"]
+        r["prefect.resource.id"]
+        for r in by_key[key]["related"]
         if r.get("prefect.resource.role") == "asset"
     }
     assert raw_key in upstream(processed_key)
@@ -104,11 +106,14 @@ def test_same_bytes_again_recompute_nothing_and_say_so(loop: Harness) -> None:
     loop.drop("a copy.csv", DAY1)  # the same bytes under another name
 
     row = loop.wait_file_state("a copy.csv", "skipped")
-    assert row.reason is not None and "duplicate of" in row.reason
+    assert "duplicate of" in (row.reason or "")
     skipped = loop.wait_events(
-        lambda evs: {"unchanged", "duplicate"} <= {e["payload"]["reason"].split(":")[0].split(" ")[0]
-                                                   for e in evs},
-        "eventpipe.asset.skipped", what="skip events for the touch and the copy",
+        lambda evs: (
+            {"unchanged", "duplicate"}
+            <= {e["payload"]["reason"].split(":")[0].split(" ")[0] for e in evs}
+        ),
+        "eventpipe.asset.skipped",
+        what="skip events for the touch and the copy",
     )
     assert any(e["payload"]["asset"] == asset_key(file_uri(loop.inbox / "a.csv")) for e in skipped)
     assert loop.asset_version("revenue_by_day") == version
@@ -128,8 +133,11 @@ def test_one_changed_file_recomputes_only_its_partition(loop: Harness) -> None:
     a_mtime = loop.partition_path("a.csv").stat().st_mtime_ns
 
     loop.drop("b.csv", "day,amount\n2026-01-03,1\n")
-    wait_for(lambda: loop.asset_version("cleaned", "b.csv") != b_version, 60,
-             what="b's partition to be recomputed")
+    wait_for(
+        lambda: loop.asset_version("cleaned", "b.csv") != b_version,
+        60,
+        what="b's partition to be recomputed",
+    )
     loop.wait_idle()
 
     assert loop.asset_version("cleaned", "a.csv") == a_version
@@ -139,8 +147,11 @@ def test_one_changed_file_recomputes_only_its_partition(loop: Harness) -> None:
 
     # Back to b's first content: the cached partition comes back, no step code runs for it.
     loop.drop("b.csv", DAY2)
-    wait_for(lambda: loop.asset_version("cleaned", "b.csv") == b_version, 60,
-             what="b's first version to be current again")
+    wait_for(
+        lambda: loop.asset_version("cleaned", "b.csv") == b_version,
+        60,
+        what="b's first version to be current again",
+    )
     loop.wait_idle()
     assert loop.asset_version("revenue_by_day") == analytics_version
 
@@ -160,8 +171,11 @@ def test_editing_step_code_recomputes_what_depends_on_it(loop: Harness) -> None:
         return row is not None and row.code_version != before.code_version
 
     wait_for(recomputed, 60, what="the partition to be recomputed with the new code")
-    wait_for(lambda: revenue(loop).get("2026-01-01") == 30.0, 60,
-             what="analytics computed from the new code")
+    wait_for(
+        lambda: revenue(loop).get("2026-01-01") == 30.0,
+        60,
+        what="analytics computed from the new code",
+    )
 
 
 def test_deleted_or_overwritten_outputs_are_restored(loop: Harness) -> None:
@@ -175,10 +189,16 @@ def test_deleted_or_overwritten_outputs_are_restored(loop: Harness) -> None:
     loop.partition_path("a.csv").write_bytes(b"not parquet any more")
     loop.loop.kick()
 
-    wait_for(lambda: loop.analytics_path("revenue_by_day").exists(), 60,
-             what="the deleted analytics file to come back")
-    wait_for(lambda: loop.partition_path("a.csv").read_bytes() == partition_bytes, 60,
-             what="the overwritten partition to be restored")
+    wait_for(
+        lambda: loop.analytics_path("revenue_by_day").exists(),
+        60,
+        what="the deleted analytics file to come back",
+    )
+    wait_for(
+        lambda: loop.partition_path("a.csv").read_bytes() == partition_bytes,
+        60,
+        what="the overwritten partition to be restored",
+    )
     assert revenue(loop) == expected
 
 
@@ -190,13 +210,15 @@ def test_a_failing_file_is_isolated_visible_and_retried(loop: Harness) -> None:
     loop.flag.touch()  # the step now raises, on every attempt
     loop.drop("bad.csv", DAY2)
     row = loop.wait_file_state("bad.csv", "failed")
-    assert row.reason is not None and "upstream service is down" in row.reason
+    assert "upstream service is down" in (row.reason or "")
     assert row.attempts == 1
     assert revenue(loop) == {"2026-01-01": 15.0, "2026-01-02": 7.0}  # good data still served
 
-    loop.wait_events(lambda evs: any(e["resource"]["prefect.resource.name"] == "bad.csv"
-                                     for e in evs),
-                     "eventpipe.file.failed", what="the failed-file event")
+    loop.wait_events(
+        lambda evs: any(e["resource"]["prefect.resource.name"] == "bad.csv" for e in evs),
+        "eventpipe.file.failed",
+        what="the failed-file event",
+    )
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
@@ -206,7 +228,8 @@ def test_a_failing_file_is_isolated_visible_and_retried(loop: Harness) -> None:
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="cleaned")),
         )
     failed = [t for t in tasks if t.state is not None and t.state.is_failed()]
-    assert failed and max(t.run_count for t in failed) == 2  # retries=1: two attempts
+    assert failed
+    assert max(t.run_count for t in failed) == 2  # retries=1: two attempts
 
     loop.flag.unlink()
     assert requeue_failed(loop.ledger, loop.name) == 1

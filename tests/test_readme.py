@@ -27,7 +27,9 @@ def test_readme_example_runs_as_written(prefect_server: EmbeddedServer, tmp_path
     (tmp_path / "sales_pipeline.py").write_text(files["sales_pipeline.py"])
     settings = Settings(
         pipeline=str(tmp_path / "sales_pipeline.py") + ":pipeline",
-        inbox=tmp_path / "inbox", data=tmp_path / "data", home=tmp_path / "home",
+        inbox=tmp_path / "inbox",
+        data=tmp_path / "data",
+        home=tmp_path / "home",
         api_url=prefect_server.api_url,
     )
     with LocalLoop(settings):
@@ -41,7 +43,8 @@ def test_readme_example_runs_as_written(prefect_server: EmbeddedServer, tmp_path
         wait_for(lambda: revenue.exists() and top.exists(), 60, what="the README's analytics")
         frame = pd.read_parquet(revenue)
         assert dict(zip(frame["day"], frame["amount"], strict=True)) == {
-            "2026-03-01": 15.0, "2026-03-02": 7.0,
+            "2026-03-01": 15.0,
+            "2026-03-02": 7.0,
         }
         partition = pd.read_parquet(tmp_path / "data/processed/sales/cleaned/orders-1.csv.parquet")
         assert sorted(partition["order_id"]) == [1, 2, 3]

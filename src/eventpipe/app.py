@@ -114,6 +114,7 @@ class LocalLoop:
         from eventpipe.events import EventSender, OutboxPump
         from eventpipe.runner import PushRunner
 
+        flows.warm_up(self.spec)
         s.data.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(s.data / "ledger.sqlite")
         self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
