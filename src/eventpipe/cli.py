@@ -345,6 +345,9 @@ def explain(file: str, /, *, data: Path | None = None) -> None:
 
 
 def main() -> None:
+    # Progress lines come from the runner's thread; show them at once when piped to a log.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         app()
     except EventpipeError as exc:
