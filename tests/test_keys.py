@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prefect.types.names import validate_valid_asset_key
 
 from eventpipe.keys import (
     MAX_KEY_LENGTH,
@@ -48,6 +47,8 @@ AWKWARD_NAMES = [
 
 def check(key: str) -> str:
     """Prefect's own validator for asset keys; raises ValueError on a bad key."""
+    from prefect.types.names import validate_valid_asset_key  # imports Prefect: only when used
+
     return validate_valid_asset_key(key)
 
 

@@ -387,10 +387,9 @@ def test_a_missing_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_a_missing_module_is_reported() -> None:
-    with pytest.raises(
-        PipelineDefinitionError, match="cannot import module 'no_such_pipelines_x.sales'"
-    ):
+    with pytest.raises(PipelineDefinitionError, match="cannot import module") as info:
         load_pipeline("no_such_pipelines_x.sales:pipeline")
+    assert "'no_such_pipelines_x.sales'" in str(info.value)
 
 
 @pytest.mark.parametrize(

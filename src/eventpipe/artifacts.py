@@ -16,7 +16,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
 def escape_markdown(text: object) -> str:
     """Make ``text`` render literally in markdown (no links, images, HTML or table breaks)."""
     flat = " ".join(str(text).split())
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=True))
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def artifact_key(*parts: str) -> str:

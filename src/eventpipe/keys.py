@@ -10,10 +10,11 @@ readable in the UI.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
-from urllib.parse import unquote
 
 MAX_KEY_LENGTH = 512
+_SCHEME = re.compile(r"[a-z0-9]+")
 _RESERVED = frozenset("\n\r\t\0 #?&%\"'<>[]{}|\\^`~")
 
 
@@ -53,9 +54,9 @@ def asset_key(uri: str) -> str:
     whole URI, so they stay unique and deterministic (the ledger keeps the full URI).
     """
     scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme.isalnum() or scheme.lower() != scheme:
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise ValueError(f"not a storage URI with a lowercase scheme: {uri!r}")
-    key = f"{scheme}://{escape_key_text(unquote(rest) if scheme == 'file' else rest)}"
+    key = f"{scheme}://{escape_key_text(rest)}"
     if len(key) > MAX_KEY_LENGTH:
         digest = hashlib.sha256(uri.encode()).hexdigest()[:24]
         key = key[: MAX_KEY_LENGTH - 26].rstrip("~") + "~~" + digest

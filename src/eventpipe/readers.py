@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,7 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
     except RejectedInput:
         raise
     except UnicodeDecodeError as exc:
-        raise RejectedInput(f"not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise RejectedInput(f"not valid UTF-8 text ({_decode_error(path, suffix, exc)})") from exc
     except (ValueError, pd.errors.ParserError, pa.ArrowException, OSError, EOFError) as exc:
         raise RejectedInput(f"cannot parse as {suffix}: {_first_line(exc)}") from exc
     if frame.columns.empty:
@@ -81,3 +82,13 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def _decode_error(path: Path, suffix: str, exc: UnicodeDecodeError) -> str:
+    """Where the first invalid byte is: pandas reports offsets into its own buffer."""
+    data = gzip.decompress(path.read_bytes()) if suffix == ".csv.gz" else path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as full:
+        return f"{full.reason} at byte {full.start}"
+    return exc.reason

@@ -77,23 +77,31 @@ class FolderSource:
     def run(self, stop: threading.Event) -> None:
         """Watch until ``stop`` is set. Scans first, so files already there are not missed."""
         self.inbox.mkdir(parents=True, exist_ok=True)
+        # watch() starts watching at its first iteration; whatever lands between the first
+        # scan and then is caught by a second scan at the first yield (at most 0.3 s later).
         watcher = watch(
             self.inbox,
             debounce=200,
             step=10,
             stop_event=stop,
-            rust_timeout=int(self.rescan_seconds * 1000),
+            rust_timeout=300,
             yield_on_timeout=True,
             recursive=True,
             ignore_permission_denied=True,
         )
         self.scan()
-        self.ready.set()
+        last_scan = time.monotonic()
         for changes in watcher:
             if stop.is_set():
                 break
-            if not changes:
+            if not self.ready.is_set() or (
+                not changes and time.monotonic() - last_scan >= self.rescan_seconds
+            ):
                 self.scan()
+                last_scan = time.monotonic()
+                self.ready.set()
+                continue
+            if not changes:
                 continue
             paths: list[Path] = []
             for change, name in changes:
@@ -128,11 +136,9 @@ class FolderSource:
             return False
         if is_ignored(relative):
             return False
-        try:
-            st = path.stat() if not path.is_symlink() else path.lstat()
-        except FileNotFoundError:
+        key = _stat_key(path)  # follows symlinks, as _take does; a dangling one is skipped
+        if key is None:
             return False
-        key = (st.st_size, st.st_mtime_ns)
         return self._seen.get(path) != key and self._rejected.get(path) != key
 
     def _settle(self, paths: set[Path]) -> tuple[set[Path], set[Path]]:

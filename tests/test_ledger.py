@@ -1,0 +1,445 @@
+"""The ledger on a real SQLite file: what happens to a file each time it is seen, the outbox that
+travels with it, claiming work between concurrent runs, and the asset catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from eventpipe.ledger import AssetRow, FileRow, FileState, Ledger
+from eventpipe.models import Landed
+
+PIPELINE = "sales"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+    yield ledger
+    ledger.close()
+
+
+def landed(name: str, content: bytes) -> Landed:
+    return Landed(
+        uri=f"file:///inbox/{name}",
+        relative=name,
+        size=len(content),
+        fingerprint=hashlib.sha256(content).hexdigest(),
+        source="local",
+        local_path=f"/inbox/{name}",
+    )
+
+
+def landed_event(outcome: str, row: FileRow) -> tuple[str, dict[str, Any]] | None:
+    """Like the app: a landed event for work to do, nothing for unchanged or duplicate files."""
+    if outcome in ("unchanged", "duplicate"):
+        return None
+    return str(uuid4()), {
+        "event": "eventpipe.file.landed",
+        "resource": {"prefect.resource.id": f"eventpipe.file.{row.id}"},
+        "payload": {"outcome": outcome, "uri": row.uri, "generation": row.generation},
+    }
+
+
+def retry_event(row: FileRow) -> tuple[str, dict[str, Any]]:
+    event = landed_event("retry", row)
+    assert event is not None
+    return event
+
+
+def process(ledger: Ledger, run_id: str = "run-1", state: FileState = "done") -> list[FileRow]:
+    """What a flow run does: claim everything pending and close each file."""
+    claimed = ledger.claim_pending(PIPELINE, run_id)
+    for row in claimed:
+        ledger.finish(row.id, state)
+    return claimed
+
+
+# -- what a sighting means ---------------------------------------------------------------------
+
+
+def test_a_file_seen_for_the_first_time_is_new_and_pending(ledger: Ledger) -> None:
+    outcome, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    assert outcome == "new"
+    assert row.state == "landed"
+    assert row.uri == "file:///inbox/orders.csv"
+    assert row.relative == "orders.csv"
+    assert row.sha256 == hashlib.sha256(b"a\n1\n").hexdigest()
+    assert row.size == 4
+    assert row.source == "local"
+    assert row.local_path == "/inbox/orders.csv"
+    assert row.generation == 0
+    assert ledger.counts(PIPELINE) == {"landed": 1}
+
+
+def test_the_same_bytes_again_are_unchanged_and_queue_nothing(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    process(ledger)
+
+    outcome, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    assert outcome == "unchanged"
+    assert row.state == "done"
+    assert len(ledger.files(PIPELINE)) == 1
+    assert len(ledger.events_for(row.id)) == 1  # only the first sighting's event
+
+
+def test_an_unchanged_file_still_pending_is_not_queued_twice(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    outcome, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    assert outcome == "unchanged"
+    assert row.state == "landed"
+    assert len(ledger.unsent()) == 1
+
+
+def test_new_bytes_under_a_known_name_are_a_change(ledger: Ledger) -> None:
+    _, first = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    process(ledger)
+
+    outcome, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n2\n"), landed_event)
+
+    assert outcome == "changed"
+    assert row.id != first.id
+    assert row.state == "landed"
+    assert [r.state for r in ledger.files(PIPELINE, uri=first.uri)] == ["done", "landed"]
+
+
+def test_known_bytes_under_a_new_name_are_a_skipped_duplicate(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    outcome, row = ledger.record_landed(
+        PIPELINE, landed("orders (copy).csv", b"a\n1\n"), landed_event
+    )
+
+    assert outcome == "duplicate"
+    assert row.state == "skipped"
+    assert row.reason == "duplicate of file:///inbox/orders.csv"
+    assert ledger.events_for(row.id) == []
+    assert [r.relative for r in ledger.claim_pending(PIPELINE, "run-1")] == ["orders.csv"]
+
+
+def test_the_same_bytes_in_another_pipeline_are_not_a_duplicate(ledger: Ledger) -> None:
+    ledger.record_landed("marketing", landed("orders.csv", b"a\n1\n"), landed_event)
+
+    outcome, _ = ledger.record_landed(PIPELINE, landed("copy.csv", b"a\n1\n"), landed_event)
+
+    assert outcome == "new"
+
+
+def test_the_same_bytes_after_a_failure_are_a_retry(ledger: Ledger) -> None:
+    _, first = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    [claimed] = ledger.claim_pending(PIPELINE, "run-1")
+    ledger.finish(claimed.id, "failed", reason="step 'orders' raised KeyError")
+
+    outcome, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    assert outcome == "retry"
+    assert row.id == first.id
+    assert row.state == "landed"
+    assert row.reason is None
+    assert row.generation == 1
+    assert [e["payload"]["outcome"] for e in ledger.events_for(row.id)] == ["new", "retry"]
+
+
+def test_content_reverting_to_an_earlier_version_is_processed_again(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"version 1\n"), landed_event)
+    process(ledger, "run-1")
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"version 2\n"), landed_event)
+    process(ledger, "run-2")
+
+    outcome, row = ledger.record_landed(
+        PIPELINE, landed("orders.csv", b"version 1\n"), landed_event
+    )
+
+    assert outcome == "changed"
+    assert row.state == "landed"
+    assert row.sha256 == hashlib.sha256(b"version 1\n").hexdigest()
+    assert [r.id for r in process(ledger, "run-3")] == [row.id]
+    [current] = ledger.current_files(PIPELINE)
+    assert current.sha256 == hashlib.sha256(b"version 1\n").hexdigest()
+
+
+# -- the outbox travels with the file ----------------------------------------------------------
+
+
+def test_the_landed_event_is_queued_with_the_file_and_sent_later(ledger: Ledger) -> None:
+    _, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+
+    [(event_id, body, file_id)] = ledger.unsent()
+    assert file_id == row.id
+    assert body["event"] == "eventpipe.file.landed"
+    assert body["payload"]["uri"] == row.uri
+
+    ledger.mark_sent([event_id])
+
+    assert ledger.unsent() == []
+    assert ledger.files(PIPELINE)[0].state == "sent"
+    [sent] = ledger.events_for(row.id)
+    assert sent["sent_at"] is not None
+    assert [r.id for r in ledger.claim_pending(PIPELINE, "run-1")] == [row.id]
+
+
+def test_an_acknowledgement_after_the_run_claimed_the_file_does_not_unclaim_it(
+    ledger: Ledger,
+) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    [(event_id, _, _)] = ledger.unsent()
+    [claimed] = ledger.claim_pending(PIPELINE, "run-1")  # the sweep was faster than the ack
+
+    ledger.mark_sent([event_id])
+
+    assert ledger.files(PIPELINE)[0].state == "processing"
+    assert ledger.claim_pending(PIPELINE, "run-2") == []
+    ledger.finish(claimed.id, "done")
+    assert ledger.files(PIPELINE)[0].state == "done"
+
+
+def test_a_failing_event_builder_records_nothing(ledger: Ledger) -> None:
+    def broken(outcome: str, row: FileRow) -> tuple[str, dict[str, Any]]:
+        raise RuntimeError("cannot build the event")
+
+    with pytest.raises(RuntimeError, match="cannot build the event"):
+        ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), broken)
+
+    assert ledger.files(PIPELINE) == []
+    assert ledger.unsent() == []
+    outcome, _ = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    assert outcome == "new"
+
+
+def test_sending_a_non_landed_event_leaves_the_file_alone(ledger: Ledger) -> None:
+    _, row = ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), lambda o, r: None)
+    ledger.queue_event("note-1", {"event": "eventpipe.file.noted"}, row.id)
+
+    ledger.mark_sent(["note-1", "no-such-event"])
+
+    assert ledger.files(PIPELINE)[0].state == "landed"
+
+
+def test_the_outbox_survives_a_restart(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
+    ledger.close()
+
+    reopened = Ledger(ledger.path)
+    try:
+        assert len(reopened.unsent()) == 1
+        assert reopened.counts(PIPELINE) == {"landed": 1}
+    finally:
+        reopened.close()
+
+
+# -- claiming work -----------------------------------------------------------------------------
+
+
+def test_concurrent_claims_never_share_a_file_and_together_take_all(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    setup = Ledger(path)
+    for i in range(120):
+        setup.record_landed(
+            PIPELINE, landed(f"part-{i:03}.csv", f"row {i}\n".encode()), landed_event
+        )
+    setup.record_landed("other", landed("elsewhere.csv", b"x\n"), lambda o, r: None)
+    expected = {r.id for r in setup.files(PIPELINE)}
+    setup.close()
+
+    start = threading.Barrier(2)
+    claims: dict[str, list[int]] = {"run-a": [], "run-b": []}
+    errors: list[BaseException] = []
+
+    def worker(run_id: str) -> None:
+        ledger = Ledger(path)  # each run has its own connection, as separate processes would
+        try:
+            start.wait()
+            while batch := ledger.claim_pending(PIPELINE, run_id, limit=1):
+                claims[run_id].extend(r.id for r in batch)
+                assert all(r.state == "processing" and r.run_id == run_id for r in batch)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=worker, args=(run_id,)) for run_id in claims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert errors == []
+    a, b = set(claims["run-a"]), set(claims["run-b"])
+    assert len(a) == len(claims["run-a"])
+    assert len(b) == len(claims["run-b"])
+    assert a.isdisjoint(b)
+    assert a | b == expected
+    check = Ledger(path)
+    try:
+        owners = {r.id: r.run_id for r in check.files(PIPELINE)}
+        assert all(owners[i] == "run-a" for i in a)
+        assert all(owners[i] == "run-b" for i in b)
+        assert check.counts("other") == {"landed": 1}
+    finally:
+        check.close()
+
+
+def test_claims_follow_landing_order_and_respect_the_limit(ledger: Ledger) -> None:
+    for name in ("c.csv", "a.csv", "b.csv"):
+        ledger.record_landed(PIPELINE, landed(name, name.encode()), landed_event)
+
+    first = ledger.claim_pending(PIPELINE, "run-1", limit=2)
+    rest = ledger.claim_pending(PIPELINE, "run-2")
+
+    assert [r.relative for r in first] == ["c.csv", "a.csv"]
+    assert [r.relative for r in rest] == ["b.csv"]
+    assert all(r.attempts == 1 for r in first + rest)
+    assert ledger.claim_pending(PIPELINE, "run-3") == []
+
+
+def test_finish_closes_a_file_and_queues_its_event_atomically(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("good.csv", b"a\n1\n"), lambda o, r: None)
+    ledger.record_landed(PIPELINE, landed("bad.csv", b"\xff\xfe"), lambda o, r: None)
+    good, bad = ledger.claim_pending(PIPELINE, "run-1")
+
+    ledger.finish(good.id, "done", event=("done-1", {"event": "eventpipe.file.processed"}))
+    ledger.finish(bad.id, "rejected", reason="not valid UTF-8 text")
+
+    states = {r.relative: (r.state, r.reason) for r in ledger.files(PIPELINE)}
+    assert states == {
+        "good.csv": ("done", None),
+        "bad.csv": ("rejected", "not valid UTF-8 text"),
+    }
+    assert [(i, b["event"], f) for i, b, f in ledger.unsent()] == [
+        ("done-1", "eventpipe.file.processed", good.id)
+    ]
+
+
+def test_requeue_makes_failed_files_pending_again_with_an_event(ledger: Ledger) -> None:
+    for name in ("failed.csv", "rejected.csv", "done.csv"):
+        ledger.record_landed(PIPELINE, landed(name, name.encode()), lambda o, r: None)
+    rows = {r.relative: r for r in ledger.claim_pending(PIPELINE, "run-1")}
+    ledger.finish(rows["failed.csv"].id, "failed", reason="boom")
+    ledger.finish(rows["rejected.csv"].id, "rejected", reason="no columns")
+    ledger.finish(rows["done.csv"].id, "done")
+
+    requeued = ledger.requeue(PIPELINE, retry_event)
+
+    assert [r.relative for r in requeued] == ["failed.csv"]
+    assert requeued[0].state == "landed"
+    assert requeued[0].reason is None
+    assert requeued[0].generation == 1
+    assert [f for _, _, f in ledger.unsent()] == [requeued[0].id]
+
+    again = ledger.requeue(PIPELINE, retry_event, states=("rejected",))
+
+    assert [r.relative for r in again] == ["rejected.csv"]
+    assert {r.relative for r in ledger.claim_pending(PIPELINE, "run-2")} == {
+        "failed.csv",
+        "rejected.csv",
+    }
+
+
+def test_reclaim_stale_returns_files_of_dead_runs_only(ledger: Ledger) -> None:
+    for name in ("a.csv", "b.csv", "c.csv"):
+        ledger.record_landed(PIPELINE, landed(name, name.encode()), lambda o, r: None)
+    ledger.claim_pending(PIPELINE, "crashed-run", limit=2)
+    ledger.claim_pending(PIPELINE, "live-run")
+
+    assert ledger.reclaim_stale(PIPELINE, live_run_ids={"live-run"}) == 2
+    assert ledger.counts(PIPELINE) == {"landed": 2, "processing": 1}
+    assert [r.relative for r in ledger.claim_pending(PIPELINE, "next-run")] == ["a.csv", "b.csv"]
+
+    assert ledger.reclaim_stale(PIPELINE) == 3  # no live runs known: everything goes back
+    assert ledger.counts(PIPELINE) == {"landed": 3}
+
+
+def test_current_files_are_the_latest_processed_version_of_each_file(ledger: Ledger) -> None:
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"v1"), lambda o, r: None)
+    ledger.record_landed(PIPELINE, landed("refunds.csv", b"r1"), lambda o, r: None)
+    ledger.record_landed(PIPELINE, landed("broken.csv", b"oops"), lambda o, r: None)
+    rows = {r.relative: r for r in ledger.claim_pending(PIPELINE, "run-1")}
+    ledger.finish(rows["orders.csv"].id, "done")
+    ledger.finish(rows["refunds.csv"].id, "done")
+    ledger.finish(rows["broken.csv"].id, "failed")
+    ledger.record_landed(PIPELINE, landed("orders.csv", b"v2"), lambda o, r: None)
+    ledger.record_landed(PIPELINE, landed("copy.csv", b"r1"), lambda o, r: None)  # duplicate
+
+    def current() -> dict[str, bytes]:
+        by_sha = {hashlib.sha256(c).hexdigest(): c for c in (b"v1", b"v2", b"r1", b"oops")}
+        return {r.relative: by_sha[r.sha256] for r in ledger.current_files(PIPELINE)}
+
+    assert current() == {"orders.csv": b"v1", "refunds.csv": b"r1"}  # v2 not processed yet
+
+    [v2] = ledger.claim_pending(PIPELINE, "run-2")
+    ledger.finish(v2.id, "done")
+
+    assert current() == {"orders.csv": b"v2", "refunds.csv": b"r1"}
+
+
+# -- the asset catalog -------------------------------------------------------------------------
+
+
+def asset(name: str, version: str, at: float, partition: str = "", rows: int = 10) -> AssetRow:
+    return AssetRow(
+        pipeline=PIPELINE,
+        name=name,
+        partition=partition,
+        kind="process" if partition else "analytics",
+        key=f"file:///data/{name}/{partition or 'all'}.parquet",
+        version=version,
+        path=f"/data/{name}/{partition or 'all'}.parquet",
+        rows=rows,
+        size=1000 + rows,
+        mtime_ns=int(at * 1e9),
+        code_version="c0ffee",
+        input_fingerprint=f"inputs-{version}",
+        updated_at=at,
+    )
+
+
+def test_publish_makes_a_version_current_and_remembers_every_version(ledger: Ledger) -> None:
+    ledger.publish(asset("revenue", "v1", 100.0, rows=3), "/versions/v1.parquet", ["a"], "run-1")
+    ledger.publish(asset("revenue", "v2", 200.0, rows=5), "/versions/v2.parquet", ["a", "b"], None)
+    ledger.publish(
+        asset("orders", "p1", 150.0, partition="a.csv"), "/versions/p1.parquet", [], None
+    )
+
+    assert ledger.asset(PIPELINE, "revenue") == asset("revenue", "v2", 200.0, rows=5)
+    assert ledger.asset(PIPELINE, "orders", "a.csv") is not None
+    assert ledger.asset(PIPELINE, "orders") is None
+    assert [(a.name, a.partition, a.version) for a in ledger.assets(PIPELINE)] == [
+        ("orders", "a.csv", "p1"),
+        ("revenue", "", "v2"),
+    ]
+    assert [a.version for a in ledger.assets(PIPELINE, "revenue")] == ["v2"]
+    assert ledger.assets("other") == []
+    versions = ledger.versions(PIPELINE, "revenue")
+    assert [(v.version, v.rows, v.sources, v.run_id, v.path) for v in versions] == [
+        ("v1", 3, ["a"], "run-1", "/versions/v1.parquet"),
+        ("v2", 5, ["a", "b"], None, "/versions/v2.parquet"),
+    ]
+    assert ledger.versions(PIPELINE, "orders", partition="a.csv")[0].version == "p1"
+    assert ledger.versions(PIPELINE, "orders", partition="b.csv") == []
+    assert ledger.pipelines() == [PIPELINE]
+
+
+def test_republishing_an_old_version_makes_it_current_without_a_second_record(
+    ledger: Ledger,
+) -> None:
+    ledger.publish(asset("revenue", "v1", 100.0), "/versions/v1.parquet", ["a"], "run-1")
+    ledger.publish(asset("revenue", "v2", 200.0), "/versions/v2.parquet", ["a", "b"], "run-2")
+
+    ledger.publish(asset("revenue", "v1", 300.0), "/versions/v1.parquet", ["a"], "run-3")
+
+    assert ledger.asset(PIPELINE, "revenue").version == "v1"  # type: ignore[union-attr]
+    versions = {v.version: v for v in ledger.versions(PIPELINE, "revenue")}
+    assert sorted(versions) == ["v1", "v2"]
+    assert versions["v1"].created_at == 100.0
+    assert versions["v1"].current_at == 300.0
+    assert versions["v1"].run_id == "run-3"
