@@ -234,16 +234,19 @@ def wait_serving(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> UU
     raise TimeoutError(f"serve was not polling after {timeout:.0f} s; see {log}")
 
 
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (this kernel has no /proc/<pid>/task/*/children)."""
+def run_processes(serve_pid: int) -> list[int]:
+    """The serve process's flow-run children (scanned from /proc: this kernel has no
+    /proc/<pid>/task/*/children). Multiprocessing's resource tracker lives as long as serve."""
     found: list[int] = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
+            ppid = int((proc_dir / "stat").read_text().rpartition(")")[2].split()[1])
+            if ppid != serve_pid:
+                continue
+            if b"resource_tracker" not in (proc_dir / "cmdline").read_bytes():
+                found.append(int(proc_dir.name))
+        except (OSError, IndexError, ValueError):
             continue  # exited while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
     return found
 
 
@@ -251,7 +254,7 @@ def wait_runs_exited(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> No
     """Let the last run's process exit first: signalled while still exiting, a run that
     already reported Completed ends up Cancelled."""
     deadline = time.monotonic() + timeout
-    while child_pids(proc.pid) and time.monotonic() < deadline:
+    while run_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -394,6 +397,7 @@ def write_results(
     runs: dict[str, list[Drop]],
     rows: list[Summary],
     speedup: float | None,
+    code_at_start: dict[str, Any],
 ) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     body = {
@@ -410,12 +414,16 @@ def write_results(
         "summary": {r.path: asdict(r) for r in rows},
         "ratio_p50": speedup,
         "drops": {name: [asdict(d) for d in drops] for name, drops in runs.items()},
-        "machine": machine(),
-        "git": git_state(),
+        "machine": {**machine(), "loadavg_1m_at_start": code_at_start["loadavg_1m"]},
+        "git": code_at_start["git"],
+        # Baseline runs import src afresh: an edit during the run changes what is measured.
+        "code_changed_during_run": code_at_start["git"] != git_state(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     RESULTS.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}")
+    if body["code_changed_during_run"]:
+        print("warning: the working tree changed during the run; the paths measured different code")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -431,6 +439,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    code_at_start = {"git": git_state(), "loadavg_1m": os.getloadavg()[0]}
     root = Path(tempfile.mkdtemp(prefix="eventpipe-bench-")).resolve()
     print(f"working in {root}", flush=True)
     # Before anything imports Prefect: it reads its settings from the environment at import.
@@ -454,7 +463,7 @@ def main() -> None:
     ]
     speedup = ratio(rows[1], rows[0])
     print_table(rows, speedup)
-    write_results(args, runs, rows, speedup)
+    write_results(args, runs, rows, speedup, code_at_start)
 
 
 if __name__ == "__main__":
