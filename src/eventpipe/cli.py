@@ -31,7 +31,7 @@ def _settings(**flags: Any) -> Settings:
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     logging.getLogger("eventpipe").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -176,6 +176,7 @@ def flush_outbox(ledger: Ledger, sender: EventSender, batch: int = 200) -> int:
             ledger.mark_attempt([event_id for event_id, _, _ in pending])
             return -1 if sent == 0 else sent
         ledger.mark_sent([event_id for event_id, _, _ in pending])
+        log.debug("sent %d event(s)", len(pending))
         sent += len(pending)
         if len(pending) < batch:
             return sent

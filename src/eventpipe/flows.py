@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,11 @@ class _Run:
         return frame.copy()
 
 
+# The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every
+# argument looking for futures, and the run holds frames and the pipeline.
+_CURRENT: ContextVar[_Run] = ContextVar("eventpipe_run")
+
+
 def _not_rejected(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a failed step unless the input itself is bad: bad bytes won't get better."""
     try:
@@ -125,7 +131,8 @@ def _raw_key(row: FileRow) -> str:
     return asset_key(row.uri)
 
 
-def _materialize_raw(run: _Run, row: FileRow) -> RawFile:
+def _materialize_raw(row: FileRow) -> RawFile:
+    run = _CURRENT.get()
     suffix = suffix_of(row.relative)
     if suffix is None:
         raise RejectedInput(f"unsupported file type: {row.relative}")
@@ -188,7 +195,9 @@ def _result_frame(step: Step, value: object) -> pd.DataFrame:
     return value
 
 
-def _process(run: _Run, step: Step, raw: RawFile) -> Output:
+def _process(step_name: str, raw: RawFile) -> Output:
+    run = _CURRENT.get()
+    step = run.pipeline.steps[step_name]
     frame = run.raw_frame(raw)
     _check_schema(step, frame)
     out = _result_frame(step, step.fn(frame))
@@ -217,7 +226,9 @@ def _read_versions(paths: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _analytics(run: _Run, step: Step, inputs: AnalyticsInputs) -> Output:
+def _analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
+    run = _CURRENT.get()
+    step = run.pipeline.steps[step_name]
     kwargs: dict[str, pd.DataFrame] = {}
     for name in step.inputs:
         if name in inputs.partitions:
@@ -410,9 +421,11 @@ def materialize_pipeline(pipeline: str, data: str) -> dict[str, Any]:
         run_id=run_id,
         report=RunReport(pipeline=pipe.name),
     )
+    token = _CURRENT.set(run)
     try:
         summary = _materialize(run, started)
     finally:
+        _CURRENT.reset(token)
         _deliver(ledger)
         ledger.close()
     if summary["failed"]:
@@ -440,6 +453,7 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
     logger = get_run_logger()
     t0 = time.perf_counter()
     lost = restore_outputs(run)
+    log.debug("run body started")
     claimed = ledger.claim_pending(pipe.name, run.run_id)
     claimed_ids = {row.id for row in claimed}
     work: dict[int, tuple[FileRow, set[str]]] = {
@@ -475,7 +489,7 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
             {"name": "raw", "cache_policy": NO_CACHE},
         )
         t = time.perf_counter()
-        raw_state: State[Any] = raw_task(run, row, return_state=True)
+        raw_state: State[Any] = raw_task(row, return_state=True)
         report.add_time("raw", time.perf_counter() - t)
         if not raw_state.is_completed():
             _close_failed(run, row, line, raw_state)
@@ -493,7 +507,7 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
                 _process, key, f"{pipe.name}/{step.name}/{row.relative}", _task_options(run, step)
             )
             t = time.perf_counter()
-            state, cached = _run_step(task, run, step, raw)
+            state, cached = _run_step(task, step.name, raw)
             report.add_time(f"process:{step.name}", time.perf_counter() - t)
             if not state.is_completed():
                 ok = False
@@ -501,6 +515,7 @@ def _materialize(run: _Run, started: float) -> dict[str, Any]:
                 break
             out: Output = state.result()
             _publish(run, step, "processed", partition, path, out, raw.fingerprint)
+            log.debug("partition %s/%s published", step.name, partition)
             line.rows_out += out.rows
             changed_partitions.setdefault(step.name, []).append(key)
             if cached:
@@ -559,61 +574,79 @@ def _close_failed(run: _Run, row: FileRow, line: FileLine, state: State[Any]) ->
 
 
 def _run_analytics(run: _Run, changed: dict[str, list[str]], logger: Any) -> None:
-    pipe, store, ledger = run.pipeline, run.store, run.ledger
+    """Run the analytics steps level by level; the steps of one level run concurrently."""
     versions: dict[str, str] = {}
-    for step in pipe.analytics_order():
-        partitions: dict[str, tuple[tuple[str, str], ...]] = {}
-        upstream: dict[str, str] = {}
-        deps: list[str] = []
-        for name in step.inputs:
-            if pipe.steps[name].kind == "process":
-                rows = ledger.assets(pipe.name, name)
-                partitions[name] = tuple(sorted((r.partition, r.version) for r in rows))
-                deps += changed.get(name, []) or [r.key for r in rows]
+    for level in run.pipeline.analytics_levels():
+        submitted = []
+        for step in level:
+            prepared = _prepare_analytics(run, step, versions, changed)
+            if prepared is None:
+                logger.info("analytics %s waits: an input has no data yet", step.name)
+                continue
+            task, inputs, refresh = prepared
+            if refresh:  # its cached version file is gone: compute it afresh
+                task = task.with_options(refresh_cache=True)
+            submitted.append((step, inputs, task.submit(step.name, inputs), time.perf_counter()))
+        for step, inputs, future, t in submitted:
+            future.wait()
+            state: State[Any] = future.state
+            run.report.add_time(f"analytics:{step.name}", time.perf_counter() - t)
+            if not state.is_completed():
+                logger.error("analytics %s failed: %s", step.name, state.message)
+                run.report.files.append(
+                    FileLine(
+                        name=f"analytics:{step.name}", outcome="failed", detail=str(state.message)
+                    )
+                )
+                continue
+            out: Output = state.result()
+            path = run.store.analytics_path(step.name)
+            _publish(run, step, "analytics", "", path, out, inputs.fingerprint)
+            log.debug("analytics %s published", step.name)
+            versions[step.name] = out.version
+            if state.name == "Cached":
+                _skipped(run, out.key, step, "cache hit: inputs and code unchanged", [])
             else:
-                version = versions.get(name)
-                if version is None:
-                    break
-                upstream[name] = version
-                deps.append(asset_key(file_uri(store.analytics_path(name))))
-        if any(not parts for parts in partitions.values()) or len(upstream) + len(
-            partitions
-        ) != len(step.inputs):
-            logger.info("analytics %s waits: an input has no data yet", step.name)
-            continue
-        inputs = AnalyticsInputs(name=step.name, partitions=partitions, upstream=upstream)
-        path = store.analytics_path(step.name)
-        key = asset_key(file_uri(path))
-        previous = ledger.asset(pipe.name, step.name)
-        refresh = (
-            previous is not None
-            and previous.input_fingerprint == inputs.fingerprint
-            and previous.code_version == step.code_version
-            and not store.version_path(step.name, previous.version).exists()
-        )
-        task = _materializing_task(
-            _analytics,
-            key,
-            f"{pipe.name}/{step.name}",
-            _task_options(run, step),
-            deps[:MAX_ASSET_DEPS],
-        )
-        t = time.perf_counter()
-        state, cached = _run_step(task, run, step, inputs, refresh=refresh)
-        run.report.add_time(f"analytics:{step.name}", time.perf_counter() - t)
-        if not state.is_completed():
-            logger.error("analytics %s failed: %s", step.name, state.message)
-            run.report.files.append(
-                FileLine(name=f"analytics:{step.name}", outcome="failed", detail=str(state.message))
-            )
-            continue
-        out: Output = state.result()
-        _publish(run, step, "analytics", "", path, out, inputs.fingerprint)
-        versions[step.name] = out.version
-        if cached:
-            _skipped(run, key, step, "cache hit: inputs and code unchanged", [])
+                run.report.assets_updated.append(step.name)
+
+
+def _prepare_analytics(
+    run: _Run, step: Step, versions: dict[str, str], changed: dict[str, list[str]]
+) -> tuple[Any, AnalyticsInputs, bool] | None:
+    """The task and the version-described inputs of one analytics step, or None while one of
+    its inputs has no data."""
+    pipe, store, ledger = run.pipeline, run.store, run.ledger
+    partitions: dict[str, tuple[tuple[str, str], ...]] = {}
+    upstream: dict[str, str] = {}
+    deps: list[str] = []
+    for name in step.inputs:
+        if pipe.steps[name].kind == "process":
+            rows = ledger.assets(pipe.name, name)
+            if not rows:
+                return None
+            partitions[name] = tuple(sorted((r.partition, r.version) for r in rows))
+            deps += changed.get(name, []) or [r.key for r in rows]
         else:
-            run.report.assets_updated.append(step.name)
+            if name not in versions:
+                return None
+            upstream[name] = versions[name]
+            deps.append(asset_key(file_uri(store.analytics_path(name))))
+    inputs = AnalyticsInputs(name=step.name, partitions=partitions, upstream=upstream)
+    previous = ledger.asset(pipe.name, step.name)
+    refresh = (
+        previous is not None
+        and previous.input_fingerprint == inputs.fingerprint
+        and previous.code_version == step.code_version
+        and not store.version_path(step.name, previous.version).exists()
+    )
+    task = _materializing_task(
+        _analytics,
+        asset_key(file_uri(store.analytics_path(step.name))),
+        f"{pipe.name}/{step.name}",
+        _task_options(run, step),
+        deps[:MAX_ASSET_DEPS],
+    )
+    return task, inputs, refresh
 
 
 def _artifacts(run: _Run) -> None:

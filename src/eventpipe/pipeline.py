@@ -211,6 +211,17 @@ class Pipeline:
         }
         return [self.steps[n] for n in TopologicalSorter(graph).static_order()]
 
+    def analytics_levels(self) -> list[list[Step]]:
+        """Analytics steps grouped so that each group depends only on earlier groups."""
+        depth: dict[str, int] = {}
+        for step in self.analytics_order():
+            ups = [depth[i] for i in step.inputs if self.steps[i].kind == "analytics"]
+            depth[step.name] = 1 + max(ups, default=-1)
+        levels: list[list[Step]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+        for name, level in depth.items():
+            levels[level].append(self.steps[name])
+        return levels
+
     def downstream(self, name: str) -> set[str]:
         """Every analytics step that depends on ``name``, directly or not."""
         found: set[str] = set()

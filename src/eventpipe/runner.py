@@ -119,6 +119,7 @@ class PushRunner:
                         await self._sweep_once()
                         async for event in subscriber:
                             run_id = event.resource.id.removeprefix("prefect.flow-run.")
+                            log.debug("heard %s of %s", event.event, run_id)
                             self.submit(UUID(run_id))
                 except asyncio.CancelledError:
                     raise
@@ -176,6 +177,7 @@ class PushRunner:
         if not state.is_pending():
             return
         started = time.perf_counter()
+        log.debug("claimed %s", flow_run.name)
         result = self._run(flow_run.model_copy(update={"state": state}))
         self.runs_executed += 1
         log.debug("run %s finished in %.3f s", flow_run.name, time.perf_counter() - started)

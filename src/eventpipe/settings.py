@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         None, description="Use this Prefect API instead of starting an embedded server."
     )
     settle_seconds: float = Field(
-        0.05, ge=0, description="A file is taken once its size and mtime stay the same this long."
+        0.02, ge=0, description="A file is taken once its size and mtime stay the same this long."
     )
     max_file_bytes: int = Field(1 << 30, gt=0, description="Larger files are rejected.")
     rescan_seconds: float = Field(
