@@ -14,7 +14,7 @@ from uuid import UUID
 from eventpipe.keys import asset_key
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.models import Landed
-from eventpipe.pipeline import Pipeline, load_pipeline
+from eventpipe.pipeline import Pipeline, is_path_spec, load_pipeline, pipeline_source
 from eventpipe.server import EmbeddedServer, server_env
 from eventpipe.settings import Settings
 from eventpipe.sources.local import FolderSource, Rejected
@@ -29,9 +29,7 @@ log = logging.getLogger("eventpipe")
 def absolute_spec(spec: str) -> str:
     """Make a ``file.py:attr`` spec absolute so every process resolves it the same way."""
     target, _, attr = spec.rpartition(":")
-    if target.endswith(".py") or "/" in target:
-        return f"{Path(target).resolve()}:{attr}"
-    return spec
+    return f"{Path(target).resolve()}:{attr}" if is_path_spec(spec) else spec
 
 
 def configure_api(settings: Settings) -> EmbeddedServer | None:
@@ -50,17 +48,6 @@ def configure_api(settings: Settings) -> EmbeddedServer | None:
     )
     os.environ.update(server_env(home, server.port))
     return server
-
-
-def pipeline_source(spec: str) -> Path | None:
-    """The file that defines the pipeline of ``spec``, if there is one."""
-    target = spec.rpartition(":")[0]
-    if target.endswith(".py") or "/" in target:
-        return Path(target)
-    import importlib.util
-
-    found = importlib.util.find_spec(target)
-    return Path(found.origin) if found and found.origin else None
 
 
 def _mtime(path: Path) -> float:

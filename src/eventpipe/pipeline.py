@@ -263,6 +263,24 @@ class Pipeline:
             ) from None
 
 
+def is_path_spec(spec: str) -> bool:
+    """Whether ``spec`` names a file (``path/file.py:attr``) rather than a module."""
+    target = spec.rpartition(":")[0]
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def pipeline_source(spec: str) -> Path | None:
+    """The file that defines the pipeline of ``spec``, if there is one."""
+    target = spec.rpartition(":")[0]
+    if is_path_spec(spec):
+        return Path(target)
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found and found.origin else None
+
+
 def load_pipeline(spec: str) -> Pipeline:
     """Load a pipeline from ``package.module:attr`` or ``path/to/file.py:attr``; validate it."""
     target, sep, attr = spec.rpartition(":")
@@ -270,7 +288,7 @@ def load_pipeline(spec: str) -> Pipeline:
         raise PipelineDefinitionError(
             f"pipeline spec {spec!r} must look like 'package.module:name' or 'path/file.py:name'"
         )
-    if target.endswith(".py") or "/" in target or "\\" in target:
+    if is_path_spec(spec):
         path = Path(target).resolve()
         if not path.is_file():
             raise PipelineDefinitionError(f"pipeline file {path} does not exist")

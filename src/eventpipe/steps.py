@@ -1,0 +1,357 @@
+"""The task bodies of a materialize run and how their outputs are published.
+
+Kept apart from the flow module on purpose: Prefect may pickle the flow module by value (for
+``serve`` and workers), and the per-run state here (a context variable, the task cache) must be
+imported there, not pickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
+from prefect.client.schemas.objects import State, TaskRun
+
+from eventpipe.artifacts import RunReport
+from eventpipe.cache import ContentFingerprint
+from eventpipe.exceptions import EventpipeError, RejectedInput
+from eventpipe.keys import asset_key, file_uri, partition_name
+from eventpipe.ledger import AssetRow, FileRow, Ledger
+from eventpipe.models import AnalyticsInputs, Output, RawFile
+from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
+from eventpipe.readers import read_frame, suffix_of
+from eventpipe.storage import Storage, atomic_copy, file_digest
+
+log = logging.getLogger("eventpipe.flows")
+MAX_ASSET_DEPS = 50
+
+_loaded: dict[str, tuple[float, Pipeline]] = {}
+
+
+def cached_pipeline(spec: str) -> Pipeline:
+    """Load ``spec`` once per process, again when its source file changes (a warm runner
+    picks up edited step code, and the new code version recomputes what depends on it)."""
+    hit = _loaded.get(spec)
+    source = pipeline_source(spec)
+    mtime = source.stat().st_mtime if source and source.exists() else 0.0
+    if hit and hit[0] == mtime:
+        return hit[1]
+    target = spec.rpartition(":")[0]
+    if hit and not is_path_spec(spec) and target in sys.modules:
+        importlib.reload(sys.modules[target])
+    pipeline = load_pipeline(spec)
+    _loaded[spec] = (mtime, pipeline)
+    return pipeline
+
+
+@dataclass
+class RunContext:
+    """State shared by the tasks of one flow run."""
+
+    pipeline: Pipeline
+    store: Storage
+    ledger: Ledger
+    run_id: str
+    report: RunReport
+    frames: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def raw_frame(self, raw: RawFile) -> pd.DataFrame:
+        frame = self.frames.get(raw.file_id)
+        if frame is None:
+            frame = read_frame(Path(raw.snapshot), raw.suffix)
+        return frame.copy()
+
+
+# The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every
+# argument looking for futures, and the run holds frames and the pipeline.
+_CURRENT: ContextVar[RunContext] = ContextVar("eventpipe_run")
+
+
+def not_rejected(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a failed step unless the input itself is bad: bad bytes won't get better."""
+    try:
+        state.result(raise_on_failure=True)
+    except RejectedInput:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+def raw_key(row: FileRow) -> str:
+    return asset_key(row.uri)
+
+
+def materialize_raw(row: FileRow) -> RawFile:
+    run = _CURRENT.get()
+    suffix = suffix_of(row.relative)
+    if suffix is None:
+        raise RejectedInput(f"unsupported file type: {row.relative}")
+    source = Path(row.local_path) if row.local_path else None
+    snapshot = run.store.raw_snapshot_path(row.sha256, suffix)
+    if not snapshot.exists():
+        if source is None or not source.exists():
+            raise RejectedInput("the file disappeared before it could be read")
+        if file_digest(source) != row.sha256:
+            raise RejectedInput("the file changed after it landed; its new version will land")
+        run.store.snapshot_raw(source, row.sha256, suffix)
+    frame = read_frame(snapshot, suffix)
+    run.frames[row.id] = frame
+    add_asset_metadata(
+        raw_key(row),
+        {
+            "sha256": row.sha256,
+            "bytes": row.size,
+            "rows": len(frame),
+            "columns": [str(c) for c in frame.columns],
+        },
+    )
+    return RawFile(
+        file_id=row.id,
+        uri=row.uri,
+        partition=partition_name(row.relative),
+        fingerprint=row.sha256,
+        snapshot=str(snapshot),
+        suffix=suffix,
+        size=row.size,
+    )
+
+
+def check_schema(step: Step, frame: pd.DataFrame) -> None:
+    if step.expects is None:
+        return
+    missing = [c for c in step.expects.columns if c not in frame.columns]
+    if missing:
+        raise RejectedInput(f"step {step.name!r}: missing columns {missing}")
+    if not step.expects.allow_extra:
+        extra = [str(c) for c in frame.columns if c not in step.expects.columns]
+        if extra:
+            raise RejectedInput(f"step {step.name!r}: unexpected columns {extra}")
+    for column, dtype in step.expects.columns.items():
+        if dtype is None:
+            continue
+        try:
+            frame[column].astype(dtype)  # type: ignore[call-overload]  # any dtype name
+        except (ValueError, TypeError) as exc:
+            raise RejectedInput(
+                f"step {step.name!r}: column {column!r} is not {dtype}: {str(exc)[:120]}"
+            ) from None
+
+
+def result_frame(step: Step, value: object) -> pd.DataFrame:
+    if not isinstance(value, pd.DataFrame):
+        raise EventpipeError(
+            f"step {step.name!r} returned {type(value).__name__}; it must return a pandas DataFrame"
+        )
+    return value
+
+
+def process(step_name: str, raw: RawFile) -> Output:
+    run = _CURRENT.get()
+    step = run.pipeline.steps[step_name]
+    frame = run.raw_frame(raw)
+    check_schema(step, frame)
+    out = result_frame(step, step.fn(frame))
+    version, path = run.store.write_version(step.name, out)
+    key = asset_key(file_uri(run.store.processed_path(step.name, raw.partition)))
+    add_asset_metadata(
+        key,
+        {
+            "version": version,
+            "rows": len(out),
+            "source_sha256": raw.fingerprint,
+            "code_version": step.code_version,
+        },
+    )
+    return Output(key=key, version=version, path=str(path), rows=len(out), sources=(raw.uri,))
+
+
+def read_versions(paths: list[str]) -> pd.DataFrame:
+    if not paths:
+        return pd.DataFrame()
+    tables = [pq.read_table(p) for p in paths]
+    table = (
+        tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    )
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
+
+
+def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
+    run = _CURRENT.get()
+    step = run.pipeline.steps[step_name]
+    kwargs: dict[str, pd.DataFrame] = {}
+    for name in step.inputs:
+        if name in inputs.partitions:
+            kwargs[name] = read_versions(
+                [run.store.version_path(name, v).as_posix() for _, v in inputs.partitions[name]]
+            )
+        else:
+            kwargs[name] = pd.read_parquet(run.store.version_path(name, inputs.upstream[name]))
+    out = result_frame(step, step.fn(**kwargs))
+    version, path = run.store.write_version(step.name, out)
+    key = asset_key(file_uri(run.store.analytics_path(step.name)))
+    add_asset_metadata(
+        key, {"version": version, "rows": len(out), "code_version": step.code_version}
+    )
+    sources = sorted({f"{n}/{p}" for n, parts in inputs.partitions.items() for p, _ in parts})
+    return Output(
+        key=key,
+        version=version,
+        path=str(path),
+        rows=len(out),
+        sources=tuple(sources + sorted(inputs.upstream)),
+    )
+
+
+_TASKS: dict[tuple[Any, ...], Any] = {}
+
+
+def materializing_task(
+    fn: Callable[..., Any],
+    key: str,
+    name: str,
+    options: dict[str, Any],
+    deps: list[str] | None = None,
+) -> Any:
+    """A ``@materialize`` task for ``key``; built once per key, options and deps (building
+    one costs milliseconds, and a warm runner calls the same analytics every run)."""
+    cache_key = (
+        fn,
+        key,
+        name,
+        tuple(sorted((k, repr(v)) for k, v in options.items())),
+        tuple(deps or ()),
+    )
+    task = _TASKS.get(cache_key)
+    if task is None:
+        if len(_TASKS) > 4096:
+            _TASKS.clear()
+        task = materialize(
+            Asset(key=key, properties=AssetProperties(name=name)),
+            asset_deps=list[Asset | str](deps) if deps else None,
+        )(fn).with_options(**options)
+        _TASKS[cache_key] = task
+    return task
+
+
+def task_options(run: RunContext, step: Step) -> dict[str, Any]:
+    policy = ContentFingerprint(
+        pipeline=run.pipeline.name, step=step.name, code_version=step.code_version
+    )
+    return {
+        "name": step.name,
+        "cache_policy": policy,
+        "persist_result": True,
+        "result_storage": run.store.data / ".cache",
+        "retries": step.retries,
+        "retry_delay_seconds": step.retry_delay_seconds,
+        "retry_condition_fn": not_rejected,
+    }
+
+
+def publish(
+    run: RunContext,
+    step: Step,
+    kind: str,
+    partition: str,
+    current: Path,
+    out: Output,
+    input_fingerprint: str,
+) -> None:
+    """Point the current output at ``out``'s version (atomically) and record it."""
+    version_file = Path(out.path)
+    if not same_file(current, version_file):
+        atomic_copy(version_file, current)
+    stat = current.stat()
+    run.ledger.publish(
+        AssetRow(
+            pipeline=run.pipeline.name,
+            name=step.name,
+            partition=partition,
+            kind=kind,
+            key=out.key,
+            version=out.version,
+            path=str(current),
+            rows=out.rows,
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            code_version=step.code_version,
+            input_fingerprint=input_fingerprint,
+            updated_at=time.time(),
+        ),
+        str(version_file),
+        list(out.sources),
+        run.run_id,
+    )
+
+
+def same_file(current: Path, version_file: Path) -> bool:
+    try:
+        a, b = current.stat(), version_file.stat()
+    except FileNotFoundError:
+        return False
+    return a.st_size == b.st_size and file_digest(current) == file_digest(version_file)
+
+
+def run_step(
+    call: Callable[..., Any], *args: Any, refresh: bool = False
+) -> tuple[State[Any], bool]:
+    """Call a materialize task; on a cache hit whose version file is gone, run it afresh."""
+    task = call.with_options(refresh_cache=True) if refresh else call  # type: ignore[attr-defined]
+    state: State[Any] = task(*args, return_state=True)
+    cached = state.name == "Cached"
+    if cached and state.is_completed():
+        out = state.result()
+        if isinstance(out, Output) and not Path(out.path).exists():
+            return run_step(call, *args, refresh=True)
+    return state, cached
+
+
+def restore_outputs(run: RunContext) -> list[AssetRow]:
+    """Put back current outputs that were deleted or changed since they were published.
+
+    Returns the rows whose version file is gone too (they must be recomputed).
+    """
+    lost: list[AssetRow] = []
+    for row in run.ledger.assets(run.pipeline.name):
+        current = Path(row.path)
+        try:
+            stat = current.stat()
+            if (stat.st_size, stat.st_mtime_ns) == (row.size, row.mtime_ns):
+                continue
+        except FileNotFoundError:
+            pass
+        version_file = run.store.version_path(row.name, row.version)
+        if not version_file.exists():
+            lost.append(row)
+            continue
+        atomic_copy(version_file, current)
+        stat = current.stat()
+        run.ledger.touch_asset(
+            AssetRow(**{**row.__dict__, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        )
+        log.warning("restored %s (version %s): it was deleted or changed", current, row.version)
+    return lost
+
+
+@contextmanager
+def bound(run: RunContext) -> Iterator[RunContext]:
+    """Make ``run`` the run the tasks called in this block belong to."""
+    token = _CURRENT.set(run)
+    try:
+        yield run
+    finally:
+        _CURRENT.reset(token)
