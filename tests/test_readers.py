@@ -101,7 +101,7 @@ PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x
         ("orders.json", b'[{"a": 1}, 2]', ".json", "JSON must be an object or a list of objects"),
         ("orders.json", b"[]", ".json", "file has no columns"),
         ("orders.jsonl", b'{"a": 1}\n{oops\n', ".jsonl", "cannot parse as .jsonl"),
-        ("photo.csv", PNG_HEADER, ".csv", "not valid UTF-8 text"),
+        ("photo.csv", PNG_HEADER, ".csv", "binary data (NUL bytes)"),
         ("clients.csv", "name\nJosé\n".encode("latin-1"), ".csv", "not valid UTF-8 text"),
         ("clients.json", '{"name": "José"}'.encode("latin-1"), ".json", "not valid UTF-8 text"),
         ("clients.jsonl", '{"name": "José"}\n'.encode("latin-1"), ".jsonl", "not valid UTF-8"),

@@ -18,6 +18,7 @@ from eventpipe.pipeline import Pipeline, is_path_spec, load_pipeline, pipeline_s
 from eventpipe.server import EmbeddedServer, server_env
 from eventpipe.settings import Settings
 from eventpipe.sources.local import FolderSource, Rejected
+from eventpipe.storage import quarantine
 
 if TYPE_CHECKING:
     from eventpipe.events import OutboxPump
@@ -173,7 +174,38 @@ class LocalLoop:
         self._pump.poke()
 
     def _on_rejected(self, rejected: Rejected) -> None:
-        log.warning("rejected %s: %s", rejected.relative, rejected.reason)
+        """Refused before reading (unsupported type, too large, a link out of the inbox): move
+        it to quarantine, record it and say why."""
+        from eventpipe.events import rejected_event
+
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        stat = rejected.path.lstat()
+        landed = Landed(
+            uri="file://" + str(rejected.path),  # the link itself, never its target
+            relative=rejected.relative,
+            size=stat.st_size,
+            fingerprint=f"unread-{stat.st_size}-{stat.st_mtime_ns}",
+            source="local",
+            local_path=str(rejected.path),
+        )
+        target = quarantine(
+            self.settings.data,
+            self.pipeline.name,
+            rejected.path,
+            rejected.relative,
+            rejected.reason,
+            None,
+        )
+        self.ledger.record_rejected(
+            self.pipeline.name,
+            landed,
+            rejected.reason,
+            lambda row: rejected_event(row, rejected.reason, str(target)),
+        )
+        log.warning("quarantined %s: %s", rejected.relative, rejected.reason)
+        if self._pump is not None:
+            self._pump.poke()
 
     def stop(self) -> None:
         """Stop watching, pause the deployment and its trigger, let the current run finish,

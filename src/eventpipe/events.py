@@ -120,6 +120,20 @@ def sighting_event(
     )
 
 
+def rejected_event(
+    row: FileRow, reason: str, quarantined: str | None, flow_run_id: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    related = [related_pipeline(row.pipeline)]
+    if flow_run_id:
+        related.append(related_flow_run(flow_run_id))
+    return build_event(
+        FILE_REJECTED,
+        file_resource(row),
+        related=related,
+        payload={"reason": reason, "quarantined_to": quarantined, "size": row.size},
+    )
+
+
 class EventSender:
     """POSTs batches of events to the Prefect server and reports whether it acknowledged them."""
 

@@ -234,14 +234,19 @@ def _close_failed(run: steps.RunContext, row: FileRow, line: FileLine, state: St
     else:
         rejected = False
     line.outcome, line.detail = ("rejected" if rejected else "failed"), reason
-    name = ev.FILE_REJECTED if rejected else ev.FILE_FAILED
+    if rejected:
+        quarantined = steps.quarantine_landed(run, row, reason)
+        run.ledger.finish(
+            row.id, "rejected", reason, ev.rejected_event(row, reason, quarantined, run.run_id)
+        )
+        return
     event = ev.build_event(
-        name,
+        ev.FILE_FAILED,
         ev.file_resource(row),
         related=[ev.related_pipeline(row.pipeline), ev.related_flow_run(run.run_id)],
         payload={"reason": reason, "attempts": row.attempts},
     )
-    run.ledger.finish(row.id, "rejected" if rejected else "failed", reason, event)
+    run.ledger.finish(row.id, "failed", reason, event)
 
 
 def _run_analytics(run: steps.RunContext, changed: dict[str, list[str]], logger: Any) -> None:

@@ -253,6 +253,40 @@ class Ledger:
                 self._queue(db, event[0], event[1], row.id)
         return outcome, row
 
+    def record_rejected(
+        self, pipeline: str, landed: Landed, reason: str, event_for: Any
+    ) -> FileRow:
+        """Record a file refused before processing (and queue its event, atomically)."""
+        now = time.time()
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(landed_seq), 0) + 1 FROM files").fetchone()[0]
+            row = _file_row(
+                db.execute(
+                    "INSERT INTO files (pipeline, uri, relative, sha256, size, source, local_path,"
+                    " state, landed_seq, seen_at, updated_at, reason)"
+                    " VALUES (?,?,?,?,?,?,?,'rejected',?,?,?,?)"
+                    " ON CONFLICT (pipeline, uri, sha256) DO UPDATE SET state='rejected',"
+                    " reason=excluded.reason, updated_at=excluded.updated_at,"
+                    " landed_seq=excluded.landed_seq RETURNING *",
+                    (
+                        pipeline,
+                        landed.uri,
+                        landed.relative,
+                        landed.fingerprint,
+                        landed.size,
+                        landed.source,
+                        landed.local_path,
+                        seq,
+                        now,
+                        now,
+                        reason,
+                    ),
+                ).fetchone()
+            )
+            event_id, body = event_for(row)
+            self._queue(db, event_id, body, row.id)
+        return row
+
     def claim_pending(self, pipeline: str, run_id: str, limit: int = 100_000) -> list[FileRow]:
         """Atomically move every pending file of ``pipeline`` to ``processing`` for ``run_id``."""
         now = time.time()

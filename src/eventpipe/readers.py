@@ -66,6 +66,10 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
         raise RejectedInput(f"unsupported file type; use one of {', '.join(SUFFIXES)}")
     if path.stat().st_size == 0:
         raise RejectedInput("file is empty")
+    if suffix in (".csv", ".json", ".jsonl"):
+        with path.open("rb") as fh:
+            if b"\x00" in fh.read(65536):
+                raise RejectedInput("binary data (NUL bytes) in a text file")
     try:
         frame = reader(path)
     except RejectedInput:

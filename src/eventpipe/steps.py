@@ -32,7 +32,7 @@ from eventpipe.ledger import AssetRow, FileRow, Ledger
 from eventpipe.models import AnalyticsInputs, Output, RawFile
 from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
 from eventpipe.readers import read_frame, suffix_of
-from eventpipe.storage import Storage, atomic_copy, file_digest
+from eventpipe.storage import Storage, atomic_copy, file_digest, quarantine
 
 log = logging.getLogger("eventpipe.flows")
 MAX_ASSET_DEPS = 50
@@ -355,3 +355,18 @@ def bound(run: RunContext) -> Iterator[RunContext]:
         yield run
     finally:
         _CURRENT.reset(token)
+
+
+def quarantine_landed(run: RunContext, row: FileRow, reason: str) -> str | None:
+    """Move a rejected file out of the inbox, unless a newer version has replaced it there."""
+    if not row.local_path:
+        return None
+    source = Path(row.local_path)
+    try:
+        if source.is_symlink() or file_digest(source) != row.sha256:
+            return None
+    except FileNotFoundError:
+        return None
+    target = quarantine(run.store.data, run.pipeline.name, source, row.relative, reason, row.sha256)
+    log.warning("quarantined %s: %s", row.relative, reason)
+    return str(target)

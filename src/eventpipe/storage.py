@@ -6,15 +6,19 @@ Layout under the data dir (a documented contract; users read these paths directl
     analytics/<pipeline>/<name>.parquet               current analytics asset
     versions/<pipeline>/<asset>/<version>.parquet     every version ever written (content-addressed)
     raw/<pipeline>/<sha256><suffix>                   immutable snapshot of each landed file
+    quarantine/<pipeline>/<file>(.reason.json)        rejected files, moved out of the inbox
     ledger.sqlite                                     files, outbox, asset catalog
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +67,37 @@ class Storage:
         if not target.exists():
             atomic_copy(source, target)
         return target
+
+
+def quarantine(
+    data: Path, pipeline: str, source: Path, relative: str, reason: str, sha256: str | None
+) -> Path:
+    """Move a rejected file out of the inbox to ``quarantine/<pipeline>/<relative>``, with a
+    ``.reason.json`` beside it; a symlink is moved as a link, its target never read."""
+    target = data.resolve() / "quarantine" / pipeline / relative
+    if target.exists() or target.is_symlink():
+        target = target.with_name(f"{target.name}.{time.time_ns()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except OSError:  # another file system
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copyfile(source, target)
+        source.unlink()
+    note = {
+        "file": relative,
+        "reason": reason,
+        "sha256": sha256,
+        "quarantined_at": datetime.now(UTC).isoformat(),
+        "pipeline": pipeline,
+    }
+    reason_file = target.with_name(target.name + ".reason.json")
+    tmp = reason_file.with_name("." + reason_file.name + ".tmp")
+    tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, reason_file)
+    return target
 
 
 def atomic_copy(source: Path, target: Path) -> None:
