@@ -255,3 +255,22 @@ def test_files_already_in_the_inbox_and_nested_folders_are_taken(
         loop.wait_idle()
         assert revenue(loop)["2026-02-01"] == 1.0
         assert loop.partition_path("2026%2F01%2Fdonnées 日本.csv").exists()
+
+
+def test_stopping_pauses_the_deployment_and_its_trigger(
+    prefect_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    with running_loop(prefect_server, tmp_path) as loop:
+        deployment_id = loop.loop.deployment_id
+        assert deployment_id is not None
+        with get_client(sync_client=True) as client:
+            assert not client.read_deployment(deployment_id).paused
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(deployment_id).paused
+        automations = client.read_resource_related_automations(
+            f"prefect.deployment.{deployment_id}"
+        )
+    assert automations
+    assert not any(a.enabled for a in automations)  # no runs pile up while nothing runs them

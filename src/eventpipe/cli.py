@@ -312,16 +312,9 @@ def retry(*, pipeline: str | None = None, data: Path | None = None) -> None:
 def explain(file: str, /, *, data: Path | None = None) -> None:
     """Tell one file's story from the ledger: seen, sent, run, skipped / done / rejected and why."""
     ledger = _ledger(data)
-    target = Path(file)
-    rows = [
-        r
-        for r in ledger.files()
-        if r.relative == file
-        or (
-            r.uri.endswith("/" + target.name)
-            and (target.name == file or r.local_path == str(target.resolve()))
-        )
-    ]
+    # Its path in the inbox, its URI, or its path on disk.
+    on_disk = str(Path(file).resolve())
+    rows = [r for r in ledger.files() if file in (r.relative, r.uri) or r.local_path == on_disk]
     if not rows:
         raise EventpipeError(f"the ledger has never seen {file!r}")
     for row in rows:

@@ -13,15 +13,16 @@ from eventpipe.pipeline import Pipeline
 pipeline = Pipeline("demo")
 
 
-@pipeline.process(
-    expects={
-        "order_id": "int64",
-        "day": None,
-        "region": None,
-        "quantity": "int64",
-        "unit_price": "float64",
-    }
-)
+ORDER_COLUMNS: dict[str, str | None] = {
+    "order_id": "int64",
+    "day": None,
+    "region": None,
+    "quantity": "int64",
+    "unit_price": "float64",
+}
+
+
+@pipeline.process(expects=ORDER_COLUMNS)
 def orders(raw: pd.DataFrame) -> pd.DataFrame:
     """Typed, de-duplicated orders with their amount."""
     out = raw.drop_duplicates("order_id").copy()

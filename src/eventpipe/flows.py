@@ -137,10 +137,8 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
                 or (step.name, asset.partition) in lost_names
             )
             row = current.get(partition_relative(asset.partition))
-            if stale and row is not None and row.id not in work:
+            if stale and row is not None:
                 work.setdefault(row.id, (row, set()))[1].add(step.name)
-            elif stale and row is not None:
-                work[row.id][1].add(step.name)
     report.add_time("check", time.perf_counter() - t0)
     oldest = min((r.seen_at for r in claimed), default=None)
 
