@@ -83,7 +83,9 @@ def up(
 
     def on_run(name: str, state: Any) -> None:
         summary = state.result(raise_on_failure=False) if state.is_completed() else None
-        if isinstance(summary, dict):
+        if isinstance(summary, dict) and not summary["files"] and not summary["assets_updated"]:
+            console.print(f"run {name}: nothing pending (an earlier run took the files)")
+        elif isinstance(summary, dict):
             console.print(
                 f"[green]run {name}[/]: {summary['processed']} processed, "
                 f"{summary['skipped']} skipped, {summary['rejected']} rejected, "
