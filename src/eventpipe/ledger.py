@@ -219,34 +219,7 @@ class Ledger:
                 state: FileState = "skipped" if twin else "landed"
                 reason = f"duplicate of {twin['uri']}" if twin else None
                 outcome = "duplicate" if twin else ("new" if latest is None else "changed")
-                seq = db.execute("SELECT COALESCE(MAX(landed_seq), 0) + 1 FROM files").fetchone()[0]
-                db.execute(
-                    "INSERT INTO files (pipeline, uri, relative, sha256, size, source, local_path,"
-                    " state, landed_seq, seen_at, updated_at, reason)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (pipeline, uri, sha256) DO UPDATE SET state=excluded.state,"
-                    " generation=generation+1, landed_seq=excluded.landed_seq,"
-                    " updated_at=excluded.updated_at, reason=excluded.reason,"
-                    " local_path=excluded.local_path",
-                    (
-                        pipeline,
-                        landed.uri,
-                        landed.relative,
-                        landed.fingerprint,
-                        landed.size,
-                        landed.source,
-                        landed.local_path,
-                        state,
-                        seq,
-                        now,
-                        now,
-                        reason,
-                    ),
-                )
-                row_id = db.execute(
-                    "SELECT id FROM files WHERE pipeline=? AND uri=? AND sha256=?",
-                    (pipeline, landed.uri, landed.fingerprint),
-                ).fetchone()[0]
+                row_id = self._upsert(db, pipeline, landed, state, reason, now).id
             row = _file_row(db.execute("SELECT * FROM files WHERE id=?", (row_id,)).fetchone())
             event = event_for(outcome, row)
             if event is not None:
@@ -257,35 +230,47 @@ class Ledger:
         self, pipeline: str, landed: Landed, reason: str, event_for: Any
     ) -> FileRow:
         """Record a file refused before processing (and queue its event, atomically)."""
-        now = time.time()
         with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(landed_seq), 0) + 1 FROM files").fetchone()[0]
-            row = _file_row(
-                db.execute(
-                    "INSERT INTO files (pipeline, uri, relative, sha256, size, source, local_path,"
-                    " state, landed_seq, seen_at, updated_at, reason)"
-                    " VALUES (?,?,?,?,?,?,?,'rejected',?,?,?,?)"
-                    " ON CONFLICT (pipeline, uri, sha256) DO UPDATE SET state='rejected',"
-                    " reason=excluded.reason, updated_at=excluded.updated_at,"
-                    " landed_seq=excluded.landed_seq RETURNING *",
-                    (
-                        pipeline,
-                        landed.uri,
-                        landed.relative,
-                        landed.fingerprint,
-                        landed.size,
-                        landed.source,
-                        landed.local_path,
-                        seq,
-                        now,
-                        now,
-                        reason,
-                    ),
-                ).fetchone()
-            )
+            row = self._upsert(db, pipeline, landed, "rejected", reason, time.time())
             event_id, body = event_for(row)
             self._queue(db, event_id, body, row.id)
         return row
+
+    @staticmethod
+    def _upsert(
+        db: sqlite3.Connection,
+        pipeline: str,
+        landed: Landed,
+        state: FileState,
+        reason: str | None,
+        now: float,
+    ) -> FileRow:
+        """Insert a sighting as the newest row of its uri, or bring its (uri, sha256) row back."""
+        seq = db.execute("SELECT COALESCE(MAX(landed_seq), 0) + 1 FROM files").fetchone()[0]
+        row = db.execute(
+            "INSERT INTO files (pipeline, uri, relative, sha256, size, source, local_path,"
+            " state, landed_seq, seen_at, updated_at, reason)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (pipeline, uri, sha256) DO UPDATE SET state=excluded.state,"
+            " generation=generation+1, landed_seq=excluded.landed_seq,"
+            " updated_at=excluded.updated_at, reason=excluded.reason,"
+            " local_path=excluded.local_path RETURNING *",
+            (
+                pipeline,
+                landed.uri,
+                landed.relative,
+                landed.fingerprint,
+                landed.size,
+                landed.source,
+                landed.local_path,
+                state,
+                seq,
+                now,
+                now,
+                reason,
+            ),
+        ).fetchone()
+        return _file_row(row)
 
     def claim_pending(self, pipeline: str, run_id: str, limit: int = 100_000) -> list[FileRow]:
         """Atomically move every pending file of ``pipeline`` to ``processing`` for ``run_id``."""
