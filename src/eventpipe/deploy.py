@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
 from prefect.events import DeploymentEventTrigger
 
-from eventpipe.events import FILE_LANDED, pipeline_resource_id
+from eventpipe.events import FILE_LANDED, WAKE_LABEL, pipeline_resource_id
 from eventpipe.flows import materialize_pipeline
 from eventpipe.pipeline import Pipeline
 
@@ -18,12 +18,13 @@ FLOW_NAME = "materialize"
 
 
 def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
-    """Fire one run per ``eventpipe.file.landed`` of ``pipeline``; no ``within``, so no landing
-    is ever dropped by throttling (each run drains all pending files anyway)."""
+    """Fire a run for each waking ``eventpipe.file.landed`` of ``pipeline`` (one per batch the
+    outbox sends, see ``events.mark_wakes``); no ``within``, so throttling never drops a landing,
+    and each run drains every pending file."""
     return DeploymentEventTrigger(
         name=f"{pipeline}: file landed",
         expect={FILE_LANDED},
-        match={"eventpipe.pipeline": pipeline},
+        match={"eventpipe.pipeline": pipeline, WAKE_LABEL: "true"},
         threshold=1,
         within=timedelta(0),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -179,6 +180,27 @@ class EventSender:
         self._client.close()
 
 
+WAKE_LABEL = "eventpipe.wake"
+
+
+def mark_wakes(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Label the last landed event of each pipeline in a batch as the one that wakes a run.
+
+    Every file keeps its own landed event in the feed, but the deployment trigger matches only
+    the wake label: a burst sent in one batch starts one run, which drains every pending file
+    (the files' rows are committed before their events are sent).
+    """
+    last: dict[str, int] = {}
+    for index, body in enumerate(bodies):
+        if body.get("event") == FILE_LANDED:
+            last[body["resource"].get("eventpipe.pipeline", "")] = index
+    wakes = set(last.values())
+    return [
+        {**body, "resource": {**body["resource"], WAKE_LABEL: "true"}} if i in wakes else body
+        for i, body in enumerate(bodies)
+    ]
+
+
 def flush_outbox(ledger: Ledger, sender: EventSender, batch: int = 200) -> int:
     """Send every unsent event once; returns how many were acknowledged (stops at a failure)."""
     sent = 0
@@ -186,7 +208,7 @@ def flush_outbox(ledger: Ledger, sender: EventSender, batch: int = 200) -> int:
         pending = ledger.unsent(batch)
         if not pending:
             return sent
-        if not sender.send([body for _, body, _ in pending]):
+        if not sender.send(mark_wakes([body for _, body, _ in pending])):
             ledger.mark_attempt([event_id for event_id, _, _ in pending])
             return -1 if sent == 0 else sent
         ledger.mark_sent([event_id for event_id, _, _ in pending])
@@ -199,7 +221,9 @@ def flush_outbox(ledger: Ledger, sender: EventSender, batch: int = 200) -> int:
 class OutboxPump:
     """A thread that drains the outbox whenever it is poked, retrying with backoff.
 
-    Nothing is lost when the server is down: rows wait in SQLite until it answers again.
+    Nothing is lost when the server is down: rows wait in SQLite until it answers again. The
+    first event after a quiet spell goes out at once; while events keep coming, they are sent
+    at most every ``gather_seconds``, so a burst becomes a few batches and wakes a few runs.
     """
 
     def __init__(
@@ -208,7 +232,9 @@ class OutboxPump:
         sender: EventSender,
         idle_seconds: float = 1.0,
         max_backoff: float = 10.0,
+        gather_seconds: float = 0.5,
     ) -> None:
+        self._gather = gather_seconds
         self._ledger = ledger
         self._sender = sender
         self._idle = idle_seconds
@@ -231,10 +257,16 @@ class OutboxPump:
 
     def _loop(self) -> None:
         backoff = 0.25
+        last_sent = 0.0
         while not self._stop.is_set():
+            since = time.monotonic() - last_sent
+            if since < self._gather:
+                self._stop.wait(self._gather - since)
             self._wake.clear()
             try:
                 result = flush_outbox(self._ledger, self._sender)
+                if result > 0:
+                    last_sent = time.monotonic()
             except Exception:  # the pump must outlive any single failure
                 log.exception("outbox flush failed")
                 result = -1

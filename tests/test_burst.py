@@ -1,0 +1,53 @@
+"""A burst of files: every file processed exactly once, by a handful of runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from eventpipe.server import EmbeddedServer
+from eventpipe.testing import wait_for
+from tests.loop_harness import running_loop
+
+FILES = 1000
+
+
+@pytest.mark.slow
+def test_a_burst_of_files_is_processed_once_by_few_runs(
+    prefect_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i in range(FILES):
+        (staging / f"burst-{i:04d}.csv").write_text(f"day,amount\n2026-02-01,{i}\n")
+    with running_loop(prefect_server, tmp_path) as loop:
+        started = time.monotonic()
+        for name in sorted(os.listdir(staging)):  # all at once, each complete when it appears
+            os.replace(staging / name, loop.inbox / name)
+
+        def all_done() -> bool:
+            return loop.ledger.counts(loop.name).get("done", 0) == FILES
+
+        wait_for(all_done, 600, interval=0.5, what=f"all {FILES} files to be done")
+        seconds = time.monotonic() - started
+        loop.wait_idle()
+
+        rows = loop.ledger.files(loop.name)
+        assert len(rows) == FILES
+        assert all(r.state == "done" and r.attempts == 1 for r in rows)  # exactly once
+        assert loop.analytics("revenue_by_day")["amount"].tolist() == [sum(range(FILES))]
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[loop.loop.deployment_id])
+                )
+            )
+        print(f"{FILES} files: {len(runs)} runs, {seconds:.1f} s to all done")
+        assert len(runs) <= 20
