@@ -35,6 +35,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow suites last: a burst's thousands of events should not slow the stories' reads."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
 @pytest.fixture(scope="session")
 def prefect_server(pytestconfig: pytest.Config) -> EmbeddedServer:
     """The session's Prefect server, started on first use; stopped in pytest_unconfigure."""

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from eventpipe.app import LocalLoop
+from eventpipe.keys import asset_key, file_uri
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.server import EmbeddedServer
 from eventpipe.settings import Settings
@@ -103,11 +104,17 @@ class Harness:
         row = self.ledger.asset(self.name, asset, partition)
         return row.version if row else None
 
-    def events(self, *names: str, prefix: list[str] | None = None) -> list[dict[str, Any]]:
-        return read_events(self.server.api_url, list(names) or None, prefix)
+    def events(self, *names: str) -> list[dict[str, Any]]:
+        """This test's events: its files, its pipeline and the assets under its directory."""
+        prefixes = [
+            f"eventpipe.file.{self.name}.",
+            f"eventpipe.pipeline.{self.name}",
+            asset_key(file_uri(self.root)),
+        ]
+        return read_events(self.server.api_url, list(names) or None, prefixes)
 
     def wait_events(
-        self, check: Any, *names: str, timeout: float = 45, what: str = "events"
+        self, check: Any, *names: str, timeout: float = 90, what: str = "events"
     ) -> list[dict[str, Any]]:
         """The server persists events in batches of a few seconds: poll until ``check`` holds."""
 
