@@ -107,11 +107,10 @@ def sighting_event(
             payload={"size": row.size, "outcome": outcome, "source": row.source},
             event_id=landed_event_id(row.pipeline, row.uri, row.sha256, row.generation),
         )
-    reason = (
-        row.reason or "duplicate content"
-        if outcome == "duplicate"
-        else f"unchanged: same sha256 as the version already {row.state}"
-    )
+    if outcome == "duplicate":
+        reason = row.reason or "duplicate content"
+    else:
+        reason = f"unchanged: same sha256 as the version already {row.state}"
     asset = {"prefect.resource.id": raw_key, "prefect.resource.role": "asset"}
     return build_event(
         ASSET_SKIPPED,

@@ -82,9 +82,7 @@ def materialize_pipeline(pipeline: str, data: str) -> dict[str, Any]:
     return summary
 
 
-def _skipped(
-    run: steps.RunContext, key: str, step: Step, reason: str, related: list[dict[str, str]]
-) -> None:
+def _skipped(run: steps.RunContext, key: str, step: Step, reason: str) -> None:
     run.report.assets_skipped.append(step.name)
     event_id, body = ev.build_event(
         ev.ASSET_SKIPPED,
@@ -93,7 +91,7 @@ def _skipped(
             "prefect.resource.name": step.name,
             "eventpipe.pipeline": run.pipeline.name,
         },
-        related=[ev.related_pipeline(run.pipeline.name), ev.related_flow_run(run.run_id), *related],
+        related=[ev.related_pipeline(run.pipeline.name), ev.related_flow_run(run.run_id)],
         payload={
             "asset": key,
             "step": step.name,
@@ -194,7 +192,6 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
                     step,
                     "cache hit: same raw sha256 and step code version; "
                     "current output restored from its version",
-                    [],
                 )
         if ok and row.id in claimed_ids:
             done.append(row.id)
@@ -279,7 +276,7 @@ def _run_analytics(run: steps.RunContext, changed: dict[str, list[str]], logger:
             log.debug("analytics %s published", step.name)
             versions[step.name] = out.version
             if state.name == "Cached":
-                _skipped(run, out.key, step, "cache hit: inputs and code unchanged", [])
+                _skipped(run, out.key, step, "cache hit: inputs and code unchanged")
             else:
                 run.report.assets_updated.append(step.name)
 

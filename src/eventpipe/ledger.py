@@ -206,7 +206,9 @@ class Ledger:
                     )
                 else:
                     outcome = "unchanged"
-                row_id = int(latest["id"])
+                row = _file_row(
+                    db.execute("SELECT * FROM files WHERE id=?", (latest["id"],)).fetchone()
+                )
             else:
                 twin = None
                 if latest is None:
@@ -219,8 +221,7 @@ class Ledger:
                 state: FileState = "skipped" if twin else "landed"
                 reason = f"duplicate of {twin['uri']}" if twin else None
                 outcome = "duplicate" if twin else ("new" if latest is None else "changed")
-                row_id = self._upsert(db, pipeline, landed, state, reason, now).id
-            row = _file_row(db.execute("SELECT * FROM files WHERE id=?", (row_id,)).fetchone())
+                row = self._upsert(db, pipeline, landed, state, reason, now)
             event = event_for(outcome, row)
             if event is not None:
                 self._queue(db, event[0], event[1], row.id)

@@ -63,7 +63,6 @@ class PushRunner:
             ),
             threading.Thread(target=self._execute_loop, name="eventpipe-runner-exec", daemon=True),
         ]
-        self.runs_executed = 0
         self.paused = False
         """Set while the deployment is paused: scheduled runs are left alone."""
 
@@ -179,7 +178,6 @@ class PushRunner:
         started = time.perf_counter()
         log.debug("claimed %s", flow_run.name)
         result = self._run(flow_run.model_copy(update={"state": state}))
-        self.runs_executed += 1
         log.debug("run %s finished in %.3f s", flow_run.name, time.perf_counter() - started)
         if self.on_finished is not None:
             self.on_finished(flow_run, result)
