@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,12 @@ def prefect_server(pytestconfig: pytest.Config) -> EmbeddedServer:
     server = pytestconfig.stash[_SERVER]
     server.start(timeout=180)
     return server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``moto_server`` (S3 + SQS over HTTP on 127.0.0.1) for the whole session."""
+    from eventpipe.testing import moto_s3
+
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint

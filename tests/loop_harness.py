@@ -55,6 +55,8 @@ class Harness:
     root: Path
     pipeline_file: Path
     flag: Path
+    extra_prefixes: tuple[str, ...] = ()
+    """More resource-id prefixes that are this test's (e.g. its bucket's asset keys)."""
 
     @property
     def inbox(self) -> Path:
@@ -110,6 +112,7 @@ class Harness:
             f"eventpipe.file.{self.name}.",
             f"eventpipe.pipeline.{self.name}",
             asset_key(file_uri(self.root)),
+            *self.extra_prefixes,
         ]
         return read_events(self.server.api_url, list(names) or None, prefixes)
 
@@ -131,8 +134,16 @@ class Harness:
 
 
 @contextmanager
-def running_loop(server: EmbeddedServer, root: Path, factor: float = 1.0) -> Iterator[Harness]:
-    name = "t" + uuid.uuid4().hex[:10]
+def running_loop(
+    server: EmbeddedServer,
+    root: Path,
+    factor: float = 1.0,
+    name: str | None = None,
+    **overrides: Any,
+) -> Iterator[Harness]:
+    """A loop on ``server`` with its pipeline, inbox, data and home under ``root``; a
+    ``name`` already used under the same ``root`` restarts that loop where it stopped."""
+    name = name or "t" + uuid.uuid4().hex[:10]
     flag = root / "service-down"
     pipeline_file = root / "sales_pipeline.py"
     pipeline_file.write_text(SALES_PIPELINE.format(name=name, flag=flag, factor=factor))
@@ -144,6 +155,7 @@ def running_loop(server: EmbeddedServer, root: Path, factor: float = 1.0) -> Ite
         api_url=server.api_url,
         rescan_seconds=5,
         sweep_seconds=5,
+        **overrides,
     )
     loop = LocalLoop(settings).start()
     try:

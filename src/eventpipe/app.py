@@ -18,11 +18,12 @@ from eventpipe.pipeline import Pipeline, is_path_spec, load_pipeline, pipeline_s
 from eventpipe.server import EmbeddedServer, server_env
 from eventpipe.settings import Settings
 from eventpipe.sources.local import FolderSource, Rejected
-from eventpipe.storage import quarantine
+from eventpipe.storage import quarantine, quarantine_note
 
 if TYPE_CHECKING:
     from eventpipe.events import OutboxPump
     from eventpipe.runner import PushRunner
+    from eventpipe.sources.s3 import BucketSource
 
 log = logging.getLogger("eventpipe")
 
@@ -84,9 +85,18 @@ class LocalLoop:
         self.deployment_id: UUID | None = None
         self._pump: OutboxPump | None = None
         self._runner: PushRunner | None = None
-        self._source: FolderSource | None = None
+        self._source: FolderSource | BucketSource | None = None
         self._stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
+
+    @property
+    def source_description(self) -> str:
+        """What is watched, for people: the inbox path or ``s3://bucket/prefix``."""
+        if self.settings.source:
+            return self.settings.source
+        if self.settings.s3_bucket_block:
+            return f"S3Bucket block {self.settings.s3_bucket_block!r}"
+        return str(self.settings.inbox)
 
     @property
     def data(self) -> Path:
@@ -121,21 +131,53 @@ class LocalLoop:
         if self.ledger.counts(self.pipeline.name).keys() & {"landed", "sent"}:
             self.kick()
         if watch:
-            self._source = FolderSource(
-                s.inbox,
-                self._on_landed,
-                self._on_rejected,
-                settle_seconds=s.settle_seconds,
-                max_file_bytes=s.max_file_bytes,
-                rescan_seconds=s.rescan_seconds,
-            )
+            self._source = self._bucket_source() if s.watches_bucket else self._folder_source()
             self._watch_thread = threading.Thread(
                 target=self._source.run, args=(self._stop,), name="eventpipe-watch", daemon=True
             )
             self._watch_thread.start()
-            self._source.ready.wait(30)
+            self._source.ready.wait(60)
         threading.Thread(target=self._watch_code, name="eventpipe-code", daemon=True).start()
         return self
+
+    def _folder_source(self) -> FolderSource:
+        s = self.settings
+        return FolderSource(
+            s.inbox,
+            self._on_landed,
+            self._on_rejected,
+            settle_seconds=s.settle_seconds,
+            max_file_bytes=s.max_file_bytes,
+            rescan_seconds=s.rescan_seconds,
+        )
+
+    def _bucket_source(self) -> BucketSource:
+        from eventpipe.sources.s3 import BucketSource, SeenObject, aws_clients, bucket_location
+        from eventpipe.storage import Storage
+
+        s = self.settings
+        assert self.pipeline is not None
+        name = self.pipeline.name
+        ledger = self.ledger
+        assert ledger is not None
+
+        def seen(uri: str, tag: str) -> SeenObject | None:
+            found = ledger.seen_object(name, uri, tag)
+            return SeenObject(*found) if found else None
+
+        return BucketSource(
+            bucket_location(s),
+            s.queue,
+            aws_clients(s),
+            staging=s.data / "raw" / name,
+            snapshot_path=Storage(s.data, name).raw_snapshot_path,
+            seen=seen,
+            on_landed=self._on_landed,
+            on_rejected=self._on_bucket_rejected,
+            max_file_bytes=s.max_file_bytes,
+            wait_seconds=s.queue_wait_seconds,
+            rescan_seconds=max(s.rescan_seconds, 60.0),
+        )
 
     def _watch_code(self) -> None:
         """Edited step code changes code versions: start a run so dependents are recomputed."""
@@ -207,12 +249,30 @@ class LocalLoop:
         if self._pump is not None:
             self._pump.poke()
 
+    def _on_bucket_rejected(self, landed: Landed, reason: str) -> None:
+        """Refused before reading: the object stays in the bucket; quarantine holds a note."""
+        from eventpipe.events import rejected_event
+
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        note = quarantine_note(
+            self.settings.data, self.pipeline.name, landed.relative, reason, None, landed.uri
+        )
+        self.ledger.record_rejected(
+            self.pipeline.name, landed, reason, lambda row: rejected_event(row, reason, str(note))
+        )
+        log.warning("rejected %s: %s", landed.uri, reason)
+        if self._pump is not None:
+            self._pump.poke()
+
     def stop(self) -> None:
         """Stop watching, pause the deployment and its trigger, let the current run finish,
         deliver queued events, stop the server."""
         self._stop.set()
         if self._watch_thread is not None:
-            self._watch_thread.join(10)
+            # A bucket source may sit in a long poll; what it takes after this is durable in
+            # the ledger and its message is redelivered if not yet deleted.
+            self._watch_thread.join(2 if self.settings.watches_bucket else 10)
         if self.deployment_id is not None:
             try:
                 from eventpipe import deploy

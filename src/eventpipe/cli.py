@@ -47,6 +47,12 @@ def up(
     api_url: str | None = None,
     host: str | None = None,
     samples: int = 0,
+    source: str | None = None,
+    queue: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    aws_credentials_block: str | None = None,
+    s3_bucket_block: str | None = None,
     verbose: Annotated[bool, Parameter(negative=())] = False,
 ) -> None:
     """Start the loop: embedded Prefect server (unless --api-url), the pipeline's deployment and
@@ -68,12 +74,35 @@ def up(
         Address the embedded server binds to (default 127.0.0.1).
     samples
         Drop this many generated demo files into the inbox once running (demo pipeline only).
+    source
+        Watch a bucket instead of the inbox: s3://bucket/prefix.
+    queue
+        SQS queue URL that receives the bucket's notifications (see setup-s3).
+    endpoint_url
+        S3/SQS endpoint of an S3-compatible store.
+    region
+        AWS region, when the AWS environment or profile gives none.
+    aws_credentials_block
+        Name of a prefect-aws AwsCredentials block to use.
+    s3_bucket_block
+        Name of a prefect-aws S3Bucket block: its bucket, folder and credentials.
     verbose
         Log debug details.
     """
     _logging(verbose)
     settings = _settings(
-        pipeline=pipeline, inbox=inbox, data=data, port=port, api_url=api_url, host=host
+        pipeline=pipeline,
+        inbox=inbox,
+        data=data,
+        port=port,
+        api_url=api_url,
+        host=host,
+        source=source,
+        queue=queue,
+        endpoint_url=endpoint_url,
+        region=region,
+        aws_credentials_block=aws_credentials_block,
+        s3_bucket_block=s3_bucket_block,
     )
     from eventpipe.app import LocalLoop
 
@@ -111,13 +140,18 @@ def up(
     assert loop.pipeline is not None
     ui = loop.server.ui_url if loop.server else (s.api_url or "").removesuffix("/api")
     name = loop.pipeline.name
+    watched = (
+        f"bucket       {loop.source_description}  (upload .csv .csv.gz .json .jsonl .parquet)"
+        if s.watches_bucket
+        else f"inbox        {s.inbox}  (drop .csv .csv.gz .json .jsonl .parquet files)"
+    )
     console.print(
         f"\n[bold]eventpipe is up[/]\n"
         f"  Prefect UI   {ui}\n"
         f"  runs         {ui}/deployments/deployment/{loop.deployment_id}\n"
         f"  events       {ui}/events\n"
         f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
-        f"  inbox        {s.inbox}  (drop .csv .csv.gz .json .jsonl .parquet files)\n"
+        f"  {watched}\n"
         f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
         f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
         f"Ctrl-C to stop.\n"
@@ -172,6 +206,47 @@ def run(
     finally:
         if server is not None:
             server.stop()
+
+
+@app.command(name="setup-s3")
+def setup_s3(
+    *,
+    bucket: str,
+    queue: str,
+    prefix: str = "",
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    aws_credentials_block: str | None = None,
+) -> None:
+    """Wire a bucket to a queue in one step: create both if missing and send the bucket's
+    ObjectCreated notifications (under --prefix) to the queue. Safe to run again.
+
+    Parameters
+    ----------
+    bucket
+        Bucket name (created if it does not exist).
+    queue
+        SQS queue name (created if it does not exist).
+    prefix
+        Only objects under this prefix are announced.
+    endpoint_url
+        S3/SQS endpoint of an S3-compatible store.
+    region
+        AWS region, when the AWS environment or profile gives none.
+    aws_credentials_block
+        Name of a prefect-aws AwsCredentials block to use.
+    """
+    _logging(False)
+    from eventpipe.sources.s3 import aws_clients, setup_notifications
+
+    settings = _settings(
+        endpoint_url=endpoint_url, region=region, aws_credentials_block=aws_credentials_block
+    )
+    queue_url = setup_notifications(*aws_clients(settings), bucket, queue, prefix)
+    location = f"s3://{bucket}/{prefix}"
+    console.print(f"s3://{bucket} sends ObjectCreated under {location!r} to {queue_url}")
+    flags = f" --endpoint-url {endpoint_url}" if endpoint_url else ""
+    console.print(f"now run:  eventpipe up --source {location} --queue {queue_url}{flags}")
 
 
 def _ledger(data: Path | None) -> Any:

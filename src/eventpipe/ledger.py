@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_state ON files (pipeline, state);
 CREATE INDEX IF NOT EXISTS files_sha ON files (pipeline, sha256);
 CREATE INDEX IF NOT EXISTS files_uri ON files (pipeline, uri, landed_seq);
+CREATE TABLE IF NOT EXISTS objects (
+    pipeline TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    stamp TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    file_id INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, uri, tag)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
@@ -206,6 +215,7 @@ class Ledger:
                     )
                 else:
                     outcome = "unchanged"
+                self._remember_object(db, pipeline, landed, latest["id"])
                 row = _file_row(
                     db.execute("SELECT * FROM files WHERE id=?", (latest["id"],)).fetchone()
                 )
@@ -271,7 +281,35 @@ class Ledger:
                 reason,
             ),
         ).fetchone()
+        Ledger._remember_object(db, pipeline, landed, row["id"])
         return _file_row(row)
+
+    @staticmethod
+    def _remember_object(
+        db: sqlite3.Connection, pipeline: str, landed: Landed, file_id: int
+    ) -> None:
+        """Remember which upload (uri, eTag, stamp) a row came from, for the bucket source."""
+        if landed.tag is None:
+            return
+        db.execute(
+            "INSERT INTO objects (pipeline, uri, tag, stamp, sha256, file_id)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (pipeline, uri, tag) DO UPDATE SET"
+            " stamp=excluded.stamp, sha256=excluded.sha256, file_id=excluded.file_id",
+            (pipeline, landed.uri, landed.tag, landed.stamp or "", landed.fingerprint, file_id),
+        )
+
+    def seen_object(self, pipeline: str, uri: str, tag: str) -> tuple[str, str] | None:
+        """(sha256, stamp) of the upload of ``uri`` with version tag ``tag`` (an S3 eTag), if
+        it was recorded."""
+        found = (
+            self._conn()
+            .execute(
+                "SELECT sha256, stamp FROM objects WHERE pipeline=? AND uri=? AND tag=?",
+                (pipeline, uri, tag),
+            )
+            .fetchone()
+        )
+        return (found["sha256"], found["stamp"]) if found else None
 
     def claim_pending(self, pipeline: str, run_id: str, limit: int = 100_000) -> list[FileRow]:
         """Atomically move every pending file of ``pipeline`` to ``processing`` for ``run_id``."""

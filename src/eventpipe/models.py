@@ -19,6 +19,11 @@ class Landed:
     source: str
     """``local`` or ``s3``."""
     local_path: str | None = None
+    """Where its bytes are on this machine (the inbox file, or the raw store for S3)."""
+    tag: str | None = None
+    """The source's version tag (the S3 eTag): with ``uri``, identifies one upload."""
+    stamp: str | None = None
+    """When the source says that version was written (S3 LastModified)."""
 
 
 @dataclass(frozen=True)

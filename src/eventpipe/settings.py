@@ -49,6 +49,32 @@ class Settings(BaseSettings):
         description="How often the runner looks for scheduled runs it was not told about.",
     )
 
+    source: str | None = Field(
+        None,
+        description="Watch a bucket instead of the inbox: 's3://bucket/prefix'.",
+    )
+    queue: str | None = Field(
+        None, description="SQS queue URL receiving the bucket's ObjectCreated notifications."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3/SQS endpoint for S3-compatible stores (MinIO, moto, ...)."
+    )
+    region: str | None = Field(None, description="AWS region, when the AWS chain gives none.")
+    aws_credentials_block: str | None = Field(
+        None, description="Name of a prefect-aws AwsCredentials block to authenticate with."
+    )
+    s3_bucket_block: str | None = Field(
+        None,
+        description="Name of a prefect-aws S3Bucket block: its bucket, folder and credentials.",
+    )
+    queue_wait_seconds: int = Field(
+        10, ge=1, le=20, description="Long-poll wait of each SQS receive."
+    )
+
+    @property
+    def watches_bucket(self) -> bool:
+        return bool(self.source or self.s3_bucket_block)
+
     @classmethod
     def settings_customise_sources(
         cls,

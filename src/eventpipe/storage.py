@@ -69,12 +69,21 @@ class Storage:
         return target
 
 
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing any ``relative`` that would leave ``root``."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise ValueError(f"{relative!r} escapes {base}")
+    return target
+
+
 def quarantine(
     data: Path, pipeline: str, source: Path, relative: str, reason: str, sha256: str | None
 ) -> Path:
     """Move a rejected file out of the inbox to ``quarantine/<pipeline>/<relative>``, with a
     ``.reason.json`` beside it; a symlink is moved as a link, its target never read."""
-    target = data.resolve() / "quarantine" / pipeline / relative
+    target = inside(data / "quarantine" / pipeline, relative)
     if target.exists() or target.is_symlink():
         target = target.with_name(f"{target.name}.{time.time_ns()}")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +95,23 @@ def quarantine(
         else:
             shutil.copyfile(source, target)
         source.unlink()
+    _write_reason(target, relative, reason, sha256, pipeline, None)
+    return target
+
+
+def quarantine_note(
+    data: Path, pipeline: str, relative: str, reason: str, sha256: str | None, uri: str
+) -> Path:
+    """Mark a rejected file that stays where it is (an object in a bucket): only its
+    ``.reason.json`` goes to quarantine. Returns the note's path."""
+    target = inside(data / "quarantine" / pipeline, relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _write_reason(target, relative, reason, sha256, pipeline, uri)
+
+
+def _write_reason(
+    target: Path, relative: str, reason: str, sha256: str | None, pipeline: str, uri: str | None
+) -> Path:
     note = {
         "file": relative,
         "reason": reason,
@@ -93,11 +119,13 @@ def quarantine(
         "quarantined_at": datetime.now(UTC).isoformat(),
         "pipeline": pipeline,
     }
+    if uri is not None:
+        note["uri"] = uri
     reason_file = target.with_name(target.name + ".reason.json")
     tmp = reason_file.with_name("." + reason_file.name + ".tmp")
     tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, reason_file)
-    return target
+    return reason_file
 
 
 def atomic_copy(source: Path, target: Path) -> None:
