@@ -1,9 +1,11 @@
-"""Freshness benchmark: file on disk -> every analytics output updated, eventpipe vs. Prefect.
+"""Freshness benchmark: file on disk (or object in a bucket) -> every analytics output updated,
+eventpipe's folder and S3 sources vs. Prefect's defaults.
 
 Both paths share one real Prefect server, the same flow, the same pipeline steps and the same
 files; they differ only in how the triggered run is picked up and executed:
 
-* eventpipe: ``LocalLoop`` (folder watcher, outbox pump, push runner in a warm process);
+* eventpipe: ``eventpipe up`` (folder watcher, outbox pump, push runner in a warm process);
+* eventpipe, S3: the same, watching a bucket on a ``moto_server`` through SQS notifications;
 * baseline: ``materialize_pipeline.serve(...)`` in a subprocess with Prefect's defaults (a
   runner polling every 10 s, each run in a fresh interpreter). The benchmark records the file
   and sends its landed event itself, as eventpipe's watcher would.
@@ -44,7 +46,7 @@ from eventpipe.ledger import Ledger
 from eventpipe.models import Landed
 from eventpipe.pipeline import load_pipeline
 from eventpipe.storage import Storage, file_digest
-from eventpipe.testing import configure_prefect_env, drop_file
+from eventpipe.testing import configure_prefect_env, drop_file, moto_s3, upload
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -168,11 +170,20 @@ def measure(
 
 
 def run_eventpipe(
-    root: Path, api_url: str, samples: list[Sample], seed: int, trace: bool
+    root: Path,
+    api_url: str,
+    samples: list[Sample],
+    seed: int,
+    trace: bool,
+    label: str = "eventpipe",
+    source: list[str] | None = None,
+    dropper: Callable[[Path], Dropper] | None = None,
 ) -> list[Drop]:
-    # `eventpipe up` in its own process, as users run it: the benchmark's polling for fresh
-    # outputs then competes with it for the CPU, not for its interpreter's lock.
-    inbox, data, log = root / "ep-inbox", root / "ep-data", root / "ep-up.log"
+    """``eventpipe up`` in its own process, as users run it: the benchmark's polling for fresh
+    outputs then competes with it for the CPU, not for its interpreter's lock. ``source``
+    (extra flags) and ``dropper`` switch it from the inbox to another source."""
+    tag = label.replace(" ", "-")
+    inbox, data, log = root / f"{tag}-inbox", root / f"{tag}-data", root / f"{tag}-up.log"
     argv = [
         sys.executable,
         "-m",
@@ -186,6 +197,7 @@ def run_eventpipe(
         str(data),
         "--api-url",
         api_url,
+        *(source or []),
     ] + (["--verbose"] if trace else [])
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -202,7 +214,7 @@ def run_eventpipe(
         def drop(name: str, content: bytes) -> None:
             drop_file(inbox, name, content)
 
-        return measure("eventpipe", drop, outputs, samples, seed)
+        return measure(label, dropper(inbox) if dropper else drop, outputs, samples, seed)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -211,6 +223,30 @@ def run_eventpipe(
             os.killpg(proc.pid, signal.SIGKILL)
         if trace:
             print(log.read_text(errors="replace"), file=sys.stderr)
+
+
+def run_bucket(
+    root: Path, api_url: str, samples: list[Sample], seed: int, trace: bool
+) -> list[Drop]:
+    """The same, watching a bucket on a ``moto_server`` (S3 + SQS over HTTP on 127.0.0.1):
+    each sample is one ``put_object``, timed from just before the PUT."""
+    import boto3
+
+    from eventpipe.sources.s3 import setup_notifications
+
+    with moto_s3(root / "moto.log") as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+        queue_url = setup_notifications(s3, sqs, "bench", "bench-landed", "in/")
+        flags = ["--source", "s3://bench/in/", "--queue", queue_url, "--endpoint-url", endpoint]
+
+        def put(name: str, content: bytes) -> None:
+            upload(s3, "bench", f"in/{name}", content)
+
+        def dropper(_inbox: Path) -> Dropper:
+            return put
+
+        return run_eventpipe(root, api_url, samples, seed, trace, "s3 bucket", flags, dropper)
 
 
 # -- baseline: Prefect's serve with its defaults -------------------------------------------------
@@ -386,7 +422,15 @@ def print_table(rows: list[Summary], speedup: float | None) -> None:
             f"   {_s(r.first_p50):>9}" + (f"  ({r.timeouts} timed out)" if r.timeouts else "")
         )
     shown = f"{speedup:.1f}x" if speedup is not None else "-"
-    print(f"\nratio (baseline p50 / eventpipe p50): {shown}")
+    if speedup is not None:
+        print(f"\nratio (baseline p50 / eventpipe p50): {shown}")
+    folder, bucket = rows[0], next((r for r in rows if "S3" in r.path), None)
+    if bucket is not None and bucket.p50 is not None and folder.p50 is not None:
+        print(f"S3 p50 - folder p50: {bucket.p50 - folder.p50:+.3f} s")
+
+
+def runs_p50(rows: list[Summary], label: str) -> float:
+    return next((r.p50 or 0.0 for r in rows if label in r.path), 0.0)
 
 
 def machine() -> dict[str, Any]:
@@ -425,7 +469,8 @@ def write_results(
 ) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     body = {
-        "measure": "seconds from just before a file is written into the inbox until every "
+        "measure": "seconds from just before a file is written into the inbox (or PUT into "
+        "the bucket) until every "
         "analytics parquet of its pipeline has a new mtime",
         "config": {
             "drops": args.drops,
@@ -437,6 +482,11 @@ def write_results(
         },
         "summary": {r.path: asdict(r) for r in rows},
         "ratio_p50": speedup,
+        "s3_minus_folder_p50": (
+            runs_p50(rows, "S3") - runs_p50(rows, "push runner")
+            if "s3" in runs and runs_p50(rows, "S3") and runs_p50(rows, "push runner")
+            else None
+        ),
         "drops": {name: [asdict(d) for d in drops] for name, drops in runs.items()},
         "machine": {**machine(), "loadavg_1m_at_start": code_at_start["loadavg_1m"]},
         "git": code_at_start["git"],
@@ -466,6 +516,9 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="skip the baseline (quick checks; results are not written)",
     )
+    parser.add_argument(
+        "--no-s3", action="store_true", help="skip the S3 bucket source (moto_server)"
+    )
     return parser.parse_args()
 
 
@@ -483,6 +536,8 @@ def main() -> None:
     print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
     try:
         runs = {"eventpipe": run_eventpipe(root, server.api_url, samples, args.seed, args.trace)}
+        if not args.no_s3:
+            runs["s3"] = run_bucket(root, server.api_url, samples, args.seed, args.trace)
         if not args.eventpipe_only:
             runs["baseline"] = run_baseline(root, samples, args.seed)
     finally:
@@ -490,11 +545,13 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     rows = [summarize("eventpipe (push runner)", runs["eventpipe"])]
+    if "s3" in runs:
+        rows.append(summarize("eventpipe, S3 bucket (moto)", runs["s3"]))
     if args.eventpipe_only:
         print_table(rows, None)
         return
     rows.append(summarize("baseline (serve, defaults)", runs["baseline"]))
-    speedup = ratio(rows[1], rows[0])
+    speedup = ratio(rows[-1], rows[0])
     print_table(rows, speedup)
     write_results(args, runs, rows, speedup, code_at_start)
 
