@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +61,61 @@ def test_readme_gives_two_commands_and_ci_runs_the_test_one() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
     assert "FRESHNESS_TABLE" not in README, "the README must carry measured freshness figures"
+
+
+def _command(line: str, endpoint: str) -> list[str]:
+    """A README command line, run with this interpreter and the session's moto endpoint."""
+    argv = shlex.split(line.replace("http://127.0.0.1:5000", endpoint), comments=True)
+    if argv[0] == ".venv/bin/eventpipe":
+        return [sys.executable, "-m", "eventpipe.cli", *argv[1:]]
+    if argv[0] == ".venv/bin/python":
+        return [sys.executable, *argv[1:]]
+    raise AssertionError(f"unexpected README command: {line}")
+
+
+def test_readme_bucket_example_runs_as_written(
+    prefect_server: EmbeddedServer, moto_endpoint: str, tmp_path: Path
+) -> None:
+    lines = [
+        line
+        for line in readme_files()["bucket.sh"].splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0].startswith(".venv/bin/moto_server -H 127.0.0.1 -p 5000")  # the session's
+    exports = shlex.split(lines[1])
+    assert exports[0] == "export"
+    env = {**os.environ, **dict(item.split("=", 1) for item in exports[1:])}
+    setup, up, upload = (_command(line, moto_endpoint) for line in lines[2:5])
+    files = readme_files()
+    (tmp_path / "sales_pipeline.py").write_text(files["sales_pipeline.py"])
+    (tmp_path / "orders-1.csv").write_text(files["inbox/orders-1.csv"])
+
+    done = subprocess.run(setup, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    output = tmp_path / "up.log"
+    with output.open("w") as log:
+        proc = subprocess.Popen(
+            [*up, "--api-url", prefect_server.api_url],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "eventpipe is up" in output.read_text(), 120, what="`eventpipe up`")
+        assert "s3://sales-landing/incoming/" in output.read_text()
+        subprocess.run(upload, cwd=tmp_path, env=env, check=True)
+        revenue = tmp_path / "data/analytics/sales/revenue_by_day.parquet"
+        wait_for(revenue.exists, 60, what="analytics from the uploaded file")
+        frame = pd.read_parquet(revenue)
+        assert dict(zip(frame["day"], frame["amount"], strict=True)) == {
+            "2026-03-01": 15.0,
+            "2026-03-02": 7.0,
+        }
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -320,3 +320,36 @@ def test_uploads_while_stopped_are_processed_once_after_restart(
         assert all(r.state == "done" and r.attempts == 1 for r in rows)
         expected = float(sum(range(50)) + 15)
         assert loop.analytics("revenue_by_day")["amount"].sum() == expected
+
+
+def test_outputs_are_published_to_a_bucket_too(
+    prefect_server: EmbeddedServer, tmp_path: Path, bucket: Bucket
+) -> None:
+    import io
+
+    import pandas as pd
+
+    with bucket_loop(
+        prefect_server, tmp_path, bucket, outputs=f"s3://{bucket.name}/published"
+    ) as loop:
+        bucket.put("orders.csv", DAY1)
+        loop.wait_file_state("orders.csv", "done")
+        loop.wait_idle()
+        keys = {
+            o["Key"]
+            for o in bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="published/")["Contents"]
+        }
+        assert f"published/processed/{loop.name}/cleaned/orders.csv.parquet" in keys
+        key = f"published/analytics/{loop.name}/revenue_by_day.parquet"
+        body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        published = pd.read_parquet(io.BytesIO(body))
+        pd.testing.assert_frame_equal(published, loop.analytics("revenue_by_day"))
+
+
+def test_data_given_as_a_bucket_publishes_there_and_works_under_home(tmp_path: Path) -> None:
+    from eventpipe.settings import Settings
+
+    settings = Settings.model_validate({"data": "s3://results/sales", "home": tmp_path / "h"})
+    assert settings.outputs == "s3://results/sales"
+    assert settings.data == tmp_path / "h" / "data"
+    assert settings.publish_options() == {"uri": "s3://results/sales"}

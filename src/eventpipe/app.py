@@ -116,7 +116,7 @@ class LocalLoop:
         s.data.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(s.data / "ledger.sqlite")
         self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
-        self.deployment_id = deploy.register(self.pipeline, self.spec, s.data)
+        self.deployment_id = deploy.register(self.pipeline, self.spec, s.data, s.publish_options())
         recovered = self.ledger.reclaim_stale(self.pipeline.name)
         if recovered:
             log.warning(
@@ -152,7 +152,13 @@ class LocalLoop:
         )
 
     def _bucket_source(self) -> BucketSource:
-        from eventpipe.sources.s3 import BucketSource, SeenObject, aws_clients, bucket_location
+        from eventpipe.sources.s3 import (
+            BucketSource,
+            SeenObject,
+            aws_clients,
+            bucket_location,
+            resolve_queue,
+        )
         from eventpipe.storage import Storage
 
         s = self.settings
@@ -165,10 +171,11 @@ class LocalLoop:
             found = ledger.seen_object(name, uri, tag)
             return SeenObject(*found) if found else None
 
+        clients = aws_clients(s)
         return BucketSource(
             bucket_location(s),
-            s.queue,
-            aws_clients(s),
+            resolve_queue(clients[1], s.queue),
+            clients,
             staging=s.data / "raw" / name,
             snapshot_path=Storage(s.data, name).raw_snapshot_path,
             seen=seen,

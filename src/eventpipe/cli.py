@@ -77,7 +77,7 @@ def up(
     source
         Watch a bucket instead of the inbox: s3://bucket/prefix.
     queue
-        SQS queue URL that receives the bucket's notifications (see setup-s3).
+        SQS queue (URL or name) that receives the bucket's notifications (see setup-s3).
     endpoint_url
         S3/SQS endpoint of an S3-compatible store.
     region
@@ -246,7 +246,7 @@ def setup_s3(
     location = f"s3://{bucket}/{prefix}"
     console.print(f"s3://{bucket} sends ObjectCreated under {location!r} to {queue_url}")
     flags = f" --endpoint-url {endpoint_url}" if endpoint_url else ""
-    console.print(f"now run:  eventpipe up --source {location} --queue {queue_url}{flags}")
+    console.print(f"now run:  eventpipe up --source {location} --queue {queue}{flags}")
 
 
 def _ledger(data: Path | None) -> Any:

@@ -30,11 +30,13 @@ def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
     )
 
 
-def register(pipeline: Pipeline, spec: str, data: Path) -> UUID:
+def register(
+    pipeline: Pipeline, spec: str, data: Path, publish: dict[str, str] | None = None
+) -> UUID:
     """Create or update deployment ``materialize/<pipeline>`` and its trigger, unpaused."""
     deployment: RunnerDeployment = materialize_pipeline.to_deployment(  # type: ignore[assignment]
         name=pipeline.name,
-        parameters={"pipeline": spec, "data": str(data.resolve())},
+        parameters={"pipeline": spec, "data": str(data.resolve()), "publish": publish},
         triggers=[landed_trigger(pipeline.name)],
         description=f"Materializes pipeline {pipeline.name!r} whenever a file lands "
         f"(related resource {pipeline_resource_id(pipeline.name)}).",

@@ -52,9 +52,12 @@ def warm_up(spec: str) -> None:
 
 
 @flow(name="materialize", persist_result=False)
-def materialize_pipeline(pipeline: str, data: str) -> dict[str, Any]:
+def materialize_pipeline(
+    pipeline: str, data: str, publish: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Materialize every pending file of ``pipeline`` (``module:attr`` or ``file.py:attr``),
-    then every analytics asset whose inputs changed, writing under ``data``."""
+    then every analytics asset whose inputs changed, writing under ``data``; with
+    ``publish`` (``{"uri": "s3://bucket/prefix", ...}``) current outputs go there too."""
     started = time.time()
     pipe = steps.cached_pipeline(pipeline)
     ctx = FlowRunContext.get()
@@ -68,6 +71,10 @@ def materialize_pipeline(pipeline: str, data: str) -> dict[str, Any]:
         run_id=run_id,
         report=RunReport(pipeline=pipe.name),
     )
+    if publish:
+        from eventpipe.sources.s3 import BucketPublisher
+
+        run.mirror = BucketPublisher.from_options(publish, store.data)
     try:
         with steps.bound(run):
             summary = _materialize(run, started)

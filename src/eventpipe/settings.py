@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
         description="Watch a bucket instead of the inbox: 's3://bucket/prefix'.",
     )
     queue: str | None = Field(
-        None, description="SQS queue URL receiving the bucket's ObjectCreated notifications."
+        None,
+        description="SQS queue (URL or name) receiving the bucket's ObjectCreated notifications.",
     )
     endpoint_url: str | None = Field(
         None, description="S3/SQS endpoint for S3-compatible stores (MinIO, moto, ...)."
@@ -70,6 +72,34 @@ class Settings(BaseSettings):
     queue_wait_seconds: int = Field(
         10, ge=1, le=20, description="Long-poll wait of each SQS receive."
     )
+
+    outputs: str | None = Field(
+        None,
+        description="Also publish current processed and analytics outputs to s3://bucket/prefix"
+        " (given as --data s3://..., the local data dir moves under home).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_in_a_bucket(cls, values: Any) -> Any:
+        """``data = "s3://..."`` means: publish outputs there, keep working files under home."""
+        if isinstance(values, dict) and str(values.get("data", "")).startswith("s3://"):
+            values = dict(values)
+            values["outputs"] = str(values.pop("data"))
+            values["data"] = Path(str(values.get("home", ".eventpipe"))) / "data"
+        return values
+
+    def publish_options(self) -> dict[str, str] | None:
+        """Where and how a flow run publishes outputs (names and URLs only, no secrets)."""
+        if not self.outputs:
+            return None
+        options = {
+            "uri": self.outputs,
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "aws_credentials_block": self.aws_credentials_block,
+        }
+        return {k: v for k, v in options.items() if v}
 
     @property
     def watches_bucket(self) -> bool:

@@ -66,6 +66,8 @@ class RunContext:
     run_id: str
     report: RunReport
     frames: dict[int, pd.DataFrame] = field(default_factory=dict)
+    mirror: Callable[[Path], str] | None = None
+    """Publishes a current output elsewhere too (a bucket); returns where."""
 
     def raw_frame(self, raw: RawFile) -> pd.DataFrame:
         frame = self.frames.get(raw.file_id)
@@ -275,6 +277,8 @@ def publish(
     version_file = Path(out.path)
     if not same_file(current, version_file):
         atomic_copy(version_file, current)
+        if run.mirror is not None:
+            log.info("published %s", run.mirror(current))
     stat = current.stat()
     run.ledger.publish(
         AssetRow(
@@ -339,6 +343,8 @@ def restore_outputs(run: RunContext) -> list[AssetRow]:
             lost.append(row)
             continue
         atomic_copy(version_file, current)
+        if run.mirror is not None:
+            run.mirror(current)
         stat = current.stat()
         run.ledger.touch_asset(
             AssetRow(**{**row.__dict__, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})

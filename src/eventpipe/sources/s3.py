@@ -179,6 +179,19 @@ def bucket_location(settings: Settings) -> BucketLocation:
     raise ConfigError("no bucket given: pass --source s3://bucket/prefix or --s3-bucket-block")
 
 
+def resolve_queue(sqs: Any, queue: str | None) -> str | None:
+    """A queue URL from a URL or a queue name."""
+    if queue is None or queue.startswith(("https://", "http://")):
+        return queue
+    try:
+        return str(sqs.get_queue_url(QueueName=queue)["QueueUrl"])
+    except Exception as exc:
+        raise ConfigError(
+            f"no SQS queue named {queue!r}: {_error_code(exc) or exc}; "
+            "create it with `eventpipe setup-s3`"
+        ) from exc
+
+
 def _error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -460,3 +473,31 @@ def setup_notifications(s3: Any, sqs: Any, bucket: str, queue: str, prefix: str 
     current["QueueConfigurations"] = [*rules, rule]
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
     return str(queue_url)
+
+
+class BucketPublisher:
+    """Publishes current outputs under ``s3://bucket/prefix`` with the same relative paths
+    they have under the data dir. A PUT is atomic: readers see the old object or the new one,
+    never part of it."""
+
+    def __init__(self, location: BucketLocation, s3: Any, data: Path) -> None:
+        self.location = location
+        self.s3 = s3
+        self.data = data.resolve()
+
+    @classmethod
+    def from_options(cls, options: dict[str, str], data: Path) -> BucketPublisher:
+        from eventpipe.settings import Settings
+
+        settings = Settings.model_validate({k: v for k, v in options.items() if k != "uri"})
+        s3, _ = aws_clients(settings)
+        return cls(BucketLocation.parse(options["uri"]), s3, data)
+
+    def key(self, path: Path) -> str:
+        return self.location.prefix + path.resolve().relative_to(self.data).as_posix()
+
+    def __call__(self, path: Path) -> str:
+        """Upload ``path``; returns its ``s3://`` URI."""
+        key = self.key(path)
+        self.s3.upload_file(str(path), self.location.bucket, key)
+        return self.location.uri(key)
