@@ -22,12 +22,12 @@ from eventpipe.testing import drop_file, read_events, wait_for
 SALES_PIPELINE = """
 import os
 import pandas as pd
-from eventpipe import Pipeline
+from eventpipe import Pipeline, Schema
 
 pipeline = Pipeline("{name}")
 
 
-@pipeline.process(retries=1, retry_delay_seconds=0)
+@pipeline.process(retries=1, retry_delay_seconds=0, expects={expects})
 def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
     if os.path.exists("{flag}"):
         raise RuntimeError("the upstream service is down")
@@ -55,6 +55,7 @@ class Harness:
     root: Path
     pipeline_file: Path
     flag: Path
+    expects: str = "None"
     extra_prefixes: tuple[str, ...] = ()
     """More resource-id prefixes that are this test's (e.g. its bucket's asset keys)."""
 
@@ -129,7 +130,9 @@ class Harness:
 
     def edit_pipeline(self, factor: float) -> None:
         self.pipeline_file.write_text(
-            SALES_PIPELINE.format(name=self.name, flag=self.flag, factor=factor)
+            SALES_PIPELINE.format(
+                name=self.name, flag=self.flag, factor=factor, expects=self.expects
+            )
         )
 
 
@@ -138,29 +141,39 @@ def running_loop(
     server: EmbeddedServer,
     root: Path,
     factor: float = 1.0,
+    *,
+    expects: str = "None",
     name: str | None = None,
-    **overrides: Any,
+    **settings: Any,
 ) -> Iterator[Harness]:
-    """A loop on ``server`` with its pipeline, inbox, data and home under ``root``; a
+    """A loop running the sales pipeline; ``expects`` is the ``cleaned`` step's ``expects=``
+    (Python source, ``Schema`` in scope) and ``settings`` override the test settings. A
     ``name`` already used under the same ``root`` restarts that loop where it stopped."""
     name = name or "t" + uuid.uuid4().hex[:10]
     flag = root / "service-down"
     pipeline_file = root / "sales_pipeline.py"
-    pipeline_file.write_text(SALES_PIPELINE.format(name=name, flag=flag, factor=factor))
-    settings = Settings(
-        pipeline=f"{pipeline_file}:pipeline",
-        inbox=root / "inbox",
-        data=root / "data",
-        home=root / "home",
-        api_url=server.api_url,
-        rescan_seconds=5,
-        sweep_seconds=5,
-        **overrides,
+    pipeline_file.write_text(
+        SALES_PIPELINE.format(name=name, flag=flag, factor=factor, expects=expects)
     )
-    loop = LocalLoop(settings).start()
+    test_settings = {
+        "pipeline": f"{pipeline_file}:pipeline",
+        "inbox": root / "inbox",
+        "data": root / "data",
+        "home": root / "home",
+        "api_url": server.api_url,
+        "rescan_seconds": 5,
+        "sweep_seconds": 5,
+    }
+    loop = LocalLoop(Settings(**{**test_settings, **settings})).start()
     try:
         yield Harness(
-            loop=loop, server=server, name=name, root=root, pipeline_file=pipeline_file, flag=flag
+            loop=loop,
+            server=server,
+            name=name,
+            root=root,
+            pipeline_file=pipeline_file,
+            flag=flag,
+            expects=expects,
         )
     finally:
         loop.stop()

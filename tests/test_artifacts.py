@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
-from eventpipe.artifacts import FileLine, RunReport, artifact_key, escape_markdown
+from eventpipe.artifacts import FileLine, RunReport, artifact_key, escape_markdown, table_rows
 
 HOSTILE = [
     "[x](javascript:alert(1))",
@@ -38,19 +39,35 @@ HOSTILE = [
 
 
 class _Html(HTMLParser):
+    """The tags and text of rendered markdown, and each table row as its cells' text."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tags: list[str] = []
         self.text: list[str] = []
+        self.rows: list[list[str]] = []
+        self._in_cell = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._in_cell = False
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if self._in_cell:
+            self.rows[-1][-1] += data
 
 
 def render(markdown: str) -> _Html:
+    """Markdown as a UI renders it: CommonMark with tables, raw HTML allowed."""
     html = MarkdownIt("commonmark").enable("table").render(markdown)
     parsed = _Html()
     parsed.feed(html)
@@ -74,6 +91,31 @@ def test_escaped_text_stays_inside_its_table_cell(text: str) -> None:
 
     assert shown.tags.count("td") == 2
     assert not {"a", "img", "script", "code", "h1", "strong", "em", "s"} & set(shown.tags)
+
+
+@pytest.mark.parametrize(
+    "text", ["see http://x now", "https://evil.example/a", "ftp://files.example/f", "[x](http://y)"]
+)
+def test_a_bare_url_cannot_become_a_link_in_the_prefect_ui(text: str) -> None:
+    """The UI renders markdown with GFM, whose autolinks turn any "scheme://..." into a link."""
+    escaped = escape_markdown(text)
+
+    assert not re.search(r"\w://", escaped)
+    assert "".join(render(escaped).text).strip() == text
+
+
+def test_table_artifact_text_cells_render_as_exactly_that_text() -> None:
+    """The UI renders every text cell of a table artifact as markdown."""
+    frame = pd.DataFrame({"day": HOSTILE, "amount": [1.5] * len(HOSTILE)})
+
+    rows = table_rows(frame, head=len(HOSTILE))
+
+    assert [row["amount"] for row in rows] == [1.5] * len(HOSTILE)
+    for row, text in zip(rows, HOSTILE, strict=True):
+        shown = render(row["day"])
+        assert shown.tags == ["p"]
+        assert "".join(shown.text).strip() == " ".join(text.split())
+        assert not re.search(r"\w://", row["day"])
 
 
 def test_escape_markdown_accepts_any_object() -> None:

@@ -99,7 +99,9 @@ def test_a_symlink_pointing_outside_the_inbox_is_refused(inbox: Inbox, tmp_path:
     secret.write_text("user,password\nroot,hunter2\n")
     (inbox.root / "innocent.csv").symlink_to(secret)
 
-    assert inbox.scan() == ([], [("innocent.csv", "symlink points outside the inbox")])
+    [(relative, reason)] = inbox.scan()[1]
+    assert relative == "innocent.csv"
+    assert reason.startswith("symlink points outside the inbox; copy the file in")
     assert inbox.landed == []
 
 

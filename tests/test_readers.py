@@ -86,6 +86,7 @@ def test_parquet(tmp_path: Path) -> None:
 
 # -- rejections --------------------------------------------------------------------------------
 
+HALF_A_GZIP = gzip.compress(b"order_id\n" + b"".join(b"%d\n" % i for i in range(5000)))[:2000]
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06"
 
 
@@ -100,12 +101,16 @@ PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x
         ("orders.json", b'"just a string"', ".json", "JSON must be an object or a list of objects"),
         ("orders.json", b'[{"a": 1}, 2]', ".json", "JSON must be an object or a list of objects"),
         ("orders.json", b"[]", ".json", "file has no columns"),
-        ("orders.jsonl", b'{"a": 1}\n{oops\n', ".jsonl", "cannot parse as .jsonl"),
+        ("orders.jsonl", b'{"a": 1}\n{oops\n', ".jsonl", "cannot parse as .jsonl: line 2"),
+        ("orders.jsonl", b'{"a": 1}\n[1, 2]\n', ".jsonl", "JSONL line 2 is not an object"),
+        ("orders.csv", b"a,b\n1,2,3\n4,5,6\n", ".csv", "first row has more fields than the header"),
+        ("orders.csv", b'a,b\n1,2\n"3,4\n', ".csv", "cannot parse as .csv"),
         ("photo.csv", PNG_HEADER, ".csv", "binary data (NUL bytes)"),
-        ("clients.csv", "name\nJosé\n".encode("latin-1"), ".csv", "not valid UTF-8 text"),
-        ("clients.json", '{"name": "José"}'.encode("latin-1"), ".json", "not valid UTF-8 text"),
+        ("clients.csv", "name\nJosé\n".encode("latin-1"), ".csv", "not valid UTF-8 at byte 8"),
+        ("clients.json", '{"name": "José"}'.encode("latin-1"), ".json", "not valid UTF-8"),
         ("clients.jsonl", '{"name": "José"}\n'.encode("latin-1"), ".jsonl", "not valid UTF-8"),
-        ("orders.csv.gz", b"order_id\n1\n", ".csv.gz", "cannot parse as .csv.gz"),
+        ("orders.csv.gz", b"order_id\n1\n", ".csv.gz", "not intact gzip data"),
+        ("orders.csv.gz", HALF_A_GZIP, ".csv.gz", "the file is truncated"),
         ("orders.parquet", b"PAR1 but not really", ".parquet", "cannot parse as .parquet"),
     ],
 )

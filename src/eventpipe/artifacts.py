@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
+# ":" too: the Prefect UI renders markdown with GFM, which turns a bare "scheme://" into a link.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~:])")
 
 
 def escape_markdown(text: object) -> str:
@@ -103,7 +104,8 @@ class RunReport:
 
 
 def table_rows(frame: pd.DataFrame, head: int = 20) -> list[dict[str, Any]]:
-    """The first rows of ``frame`` as plain, JSON-safe values for a table artifact."""
+    """The first rows of ``frame`` as plain, JSON-safe values for a table artifact (the
+    Prefect UI renders each text cell as markdown, so text is escaped as markdown)."""
     sample = frame.head(head)
     return [
         {str(col): _plain(val) for col, val in row.items()}
@@ -114,4 +116,4 @@ def table_rows(frame: pd.DataFrame, head: int = 20) -> list[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return None if isinstance(value, float) and value != value else value
-    return html.escape(str(value))
+    return escape_markdown(value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -21,12 +23,21 @@ def suffix_of(name: str) -> str | None:
     return next((s for s in SUFFIXES if lower.endswith(s)), None)
 
 
-def _csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, encoding="utf-8", encoding_errors="strict")
+def _csv(path: Path, compression: Literal["gzip"] | None = None) -> pd.DataFrame:
+    frame = pd.read_csv(path, compression=compression, encoding="utf-8", encoding_errors="strict")
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        # pandas silently turns the first fields into the index when the rows have more fields
+        # than the header; the step would never see them. (Row numbers 0, 1, ... are what a
+        # header without an index name over an exported index looks like: those are fine.)
+        raise RejectedInput(
+            f"cannot parse as CSV: the first row has more fields than the header names "
+            f"({len(frame.columns)}); fix that row or the header and drop the file again"
+        )
+    return frame
 
 
 def _csv_gz(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, compression="gzip", encoding="utf-8", encoding_errors="strict")
+    return _csv(path, compression="gzip")
 
 
 def _json(path: Path) -> pd.DataFrame:
@@ -39,7 +50,24 @@ def _json(path: Path) -> pd.DataFrame:
 
 
 def _jsonl(path: Path) -> pd.DataFrame:
-    return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RejectedInput(
+                    f"cannot parse as .jsonl: line {number}, column {exc.colno}: {exc.msg}; "
+                    "fix that line and drop the file again"
+                ) from None
+            if not isinstance(record, dict):
+                raise RejectedInput(
+                    f"JSONL line {number} is not an object; each line must be one JSON object"
+                )
+            records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def _parquet(path: Path) -> pd.DataFrame:
@@ -65,27 +93,51 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
     if reader is None:
         raise RejectedInput(f"unsupported file type; use one of {', '.join(SUFFIXES)}")
     if path.stat().st_size == 0:
-        raise RejectedInput("file is empty")
+        raise RejectedInput("file is empty; drop it again once it holds data")
     if suffix in (".csv", ".json", ".jsonl"):
         with path.open("rb") as fh:
             if b"\x00" in fh.read(65536):
-                raise RejectedInput("binary data (NUL bytes) in a text file")
+                raise RejectedInput(
+                    f"binary data (NUL bytes) in a text file; is it really {suffix}? "
+                    f"Export it as {suffix} text and drop it again"
+                )
     try:
         frame = reader(path)
     except RejectedInput:
         raise
     except UnicodeDecodeError as exc:
-        raise RejectedInput(f"not valid UTF-8 text ({_decode_error(path, suffix, exc)})") from exc
-    except (ValueError, pd.errors.ParserError, pa.ArrowException, OSError, EOFError) as exc:
-        raise RejectedInput(f"cannot parse as {suffix}: {_first_line(exc)}") from exc
+        raise RejectedInput(
+            f"not valid UTF-8 {_decode_error(path, suffix, exc)}; save the file as UTF-8"
+        ) from exc
+    except EOFError as exc:
+        raise RejectedInput(
+            f"cannot parse as {suffix}: the compressed data ends early, the file is truncated; "
+            "drop the complete file again"
+        ) from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise RejectedInput(
+            f"cannot parse as {suffix}: not intact gzip data ({error_gist(exc, path)}); "
+            "compress the CSV with gzip again and drop it"
+        ) from exc
+    except (ValueError, pd.errors.ParserError, pa.ArrowException, OSError) as exc:
+        raise RejectedInput(
+            f"cannot parse as {suffix}: {error_gist(exc, path)}; fix the file and drop it again"
+        ) from exc
     if frame.columns.empty:
-        raise RejectedInput("file has no columns")
+        raise RejectedInput(
+            "file has no columns; a CSV needs a header line, JSON needs objects with fields"
+        )
     return frame
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+def error_gist(exc: BaseException, path: Path | None = None) -> str:
+    """The first line of a library's error, without pandas' prefix or the snapshot's path."""
+    text = str(exc).strip()
+    if path is not None:
+        text = text.replace(str(path), "the file")
+    text = text.removeprefix("Error tokenizing data. C error: ")
+    lines = text.splitlines()
+    return lines[0][:300].rstrip(".") if lines else type(exc).__name__
 
 
 def _decode_error(path: Path, suffix: str, exc: UnicodeDecodeError) -> str:
@@ -94,5 +146,6 @@ def _decode_error(path: Path, suffix: str, exc: UnicodeDecodeError) -> str:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as full:
-        return f"{full.reason} at byte {full.start}"
-    return exc.reason
+        line = data.count(b"\n", 0, full.start) + 1
+        return f"at byte {full.start} (line {line}: {full.reason})"
+    return f"({exc.reason})"

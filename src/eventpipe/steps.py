@@ -31,7 +31,7 @@ from eventpipe.keys import asset_key, file_uri, partition_name
 from eventpipe.ledger import AssetRow, FileRow, Ledger
 from eventpipe.models import AnalyticsInputs, Output, RawFile
 from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
-from eventpipe.readers import read_frame, suffix_of
+from eventpipe.readers import error_gist, read_frame, suffix_of
 from eventpipe.storage import Storage, atomic_copy, file_digest, quarantine
 
 log = logging.getLogger("eventpipe.flows")
@@ -132,24 +132,39 @@ def materialize_raw(row: FileRow) -> RawFile:
 
 
 def check_schema(step: Step, frame: pd.DataFrame) -> None:
+    """Reject a file without the columns or types ``step`` expects, saying what to change."""
     if step.expects is None:
         return
-    missing = [c for c in step.expects.columns if c not in frame.columns]
+    expected = step.expects.columns
+    missing = [c for c in expected if c not in frame.columns]
     if missing:
-        raise RejectedInput(f"step {step.name!r}: missing columns {missing}")
+        raise RejectedInput(
+            f"step {step.name!r}: missing columns {missing} (the file has {_names(frame.columns)});"
+            " add them and drop the file again"
+        )
     if not step.expects.allow_extra:
-        extra = [str(c) for c in frame.columns if c not in step.expects.columns]
+        extra = [str(c) for c in frame.columns if c not in expected]
         if extra:
-            raise RejectedInput(f"step {step.name!r}: unexpected columns {extra}")
-    for column, dtype in step.expects.columns.items():
+            raise RejectedInput(
+                f"step {step.name!r}: unexpected columns {extra}; it takes only {list(expected)}:"
+                " remove the others and drop the file again"
+            )
+    for column, dtype in expected.items():
         if dtype is None:
             continue
         try:
             frame[column].astype(dtype)  # type: ignore[call-overload]  # any dtype name
         except (ValueError, TypeError) as exc:
             raise RejectedInput(
-                f"step {step.name!r}: column {column!r} is not {dtype}: {str(exc)[:120]}"
+                f"step {step.name!r}: column {column!r} is not {dtype} ({error_gist(exc)});"
+                " fix its values and drop the file again"
             ) from None
+
+
+def _names(columns: pd.Index) -> str:
+    shown = [str(c) for c in columns[:10]]
+    more = f" and {len(columns) - 10} more" if len(columns) > 10 else ""
+    return f"{shown}{more}"
 
 
 def result_frame(step: Step, value: object) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from watchfiles import Change, watch
 
 from eventpipe.keys import file_uri
 from eventpipe.models import Landed
-from eventpipe.readers import suffix_of
+from eventpipe.readers import SUFFIXES, suffix_of
 from eventpipe.storage import file_digest
 
 log = logging.getLogger("eventpipe.sources.local")
@@ -187,14 +187,17 @@ class FolderSource:
         if path.is_symlink():
             target = path.resolve()
             if not target.is_relative_to(self.inbox):
-                return "symlink points outside the inbox"
+                return "symlink points outside the inbox; copy the file in instead of linking it"
             if not target.is_file():
-                return "symlink does not point to a file"
+                return "symlink does not point to a file; drop the file itself"
         if suffix_of(path.name) is None:
-            return "unsupported file type (use .csv, .csv.gz, .json, .jsonl or .parquet)"
+            return f"unsupported file type; use one of {', '.join(SUFFIXES)}"
         size = path.stat().st_size
         if size > self.max_file_bytes:
-            return f"file is {size} bytes, over the limit of {self.max_file_bytes}"
+            return (
+                f"file is {size} bytes, over the limit of {self.max_file_bytes}; split it, or "
+                "raise max_file_bytes (EVENTPIPE_MAX_FILE_BYTES)"
+            )
         return None
 
 
