@@ -40,6 +40,8 @@ def configure_api(settings: Settings) -> EmbeddedServer | None:
     from the environment once, at import."""
     if settings.api_url:
         os.environ["PREFECT_API_URL"] = settings.api_url
+        # As with the embedded server: one line per run here, not one per task.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         return None
     home = settings.home / "prefect"
     port = settings.port if settings.port and port_is_free(settings.host, settings.port) else 0
@@ -49,6 +51,9 @@ def configure_api(settings: Settings) -> EmbeddedServer | None:
         home, port=port or None, host=settings.host, log_file=settings.home / "server.log"
     )
     os.environ.update(server_env(home, server.port))
+    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if auth:  # the server asks for basic auth: this process's client must send it
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
     return server
 
 

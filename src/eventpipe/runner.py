@@ -108,6 +108,8 @@ class PushRunner:
             event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Late"]),
             any_resource=EventAnyResourceFilter(id=[f"prefect.deployment.{self.deployment_id}"]),
         )
+        retry = 0.5
+        lost_at: float | None = None
         try:
             while not self._stop.is_set():
                 try:
@@ -115,6 +117,11 @@ class PushRunner:
                         filter=stream_filter, reconnect_on_clean_close=True
                     ) as subscriber:
                         self._listening.set()
+                        if lost_at is not None:
+                            log.warning(
+                                "event stream back after %.0f s", time.monotonic() - lost_at
+                            )
+                            lost_at, retry = None, 0.5
                         await self._sweep_once()
                         async for event in subscriber:
                             run_id = event.resource.id.removeprefix("prefect.flow-run.")
@@ -123,8 +130,13 @@ class PushRunner:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the server restarts or drops us: reconnect
-                    log.warning("event stream lost (%s); reconnecting", type(exc).__name__)
-                    await asyncio.sleep(1.0)
+                    if lost_at is None:
+                        lost_at = time.monotonic()
+                        log.warning("event stream lost (%s); reconnecting", type(exc).__name__)
+                    else:
+                        log.debug("event stream still down (%s)", type(exc).__name__)
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, 5.0)
         finally:
             sweeper.cancel()
 

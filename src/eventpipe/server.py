@@ -43,8 +43,11 @@ class EmbeddedServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.home = home
+        self.env = env or {}
+        """Extra environment of the server process (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
         self.port = port or free_port()
         self.host = host
         self.log_file = log_file or home / "server.log"
@@ -60,7 +63,7 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 90.0) -> EmbeddedServer:
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **server_env(self.home, self.port)}
+        env = {**os.environ, **server_env(self.home, self.port), **self.env}
         env["PREFECT_SERVER_API_HOST"] = self.host
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
