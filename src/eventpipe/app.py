@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,13 +116,16 @@ class LocalLoop:
             self.server.start()
         from eventpipe import deploy, flows
         from eventpipe.events import EventSender, OutboxPump
-        from eventpipe.runner import PushRunner
+        from eventpipe.runner import PushRunner, crash_orphaned_runs
 
         flows.warm_up(self.spec)
         s.data.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(s.data / "ledger.sqlite")
         self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
         self.deployment_id = deploy.register(self.pipeline, self.spec, s.data, s.publish_options())
+        crashed = crash_orphaned_runs(self.deployment_id)
+        if crashed:
+            log.warning("marked run(s) left by a stopped eventpipe as Crashed: %s", crashed)
         recovered = self.ledger.reclaim_stale(self.pipeline.name)
         if recovered:
             log.warning(
@@ -143,7 +147,43 @@ class LocalLoop:
             self._watch_thread.start()
             self._source.ready.wait(60)
         threading.Thread(target=self._watch_code, name="eventpipe-code", daemon=True).start()
+        threading.Thread(target=self._tend, name="eventpipe-tend", daemon=True).start()
         return self
+
+    def _tend(self) -> None:
+        """Every sweep, while no run executes here (runs of this deployment execute only in
+        this process): runs left Pending/Running by a server that vanished under them are
+        marked Crashed, their files go back to pending, and files that have waited a whole
+        sweep with no run coming (their event reached a server that then died) get one."""
+        from eventpipe.runner import crash_orphaned_runs
+
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        assert self.deployment_id is not None
+        every = self.settings.sweep_seconds
+        while not self._stop.wait(every):
+            runner = self._runner
+            if runner is None or runner.paused:
+                continue
+            try:
+                # Under the lock no run can be claimed or claim files meanwhile.
+                with runner.current_lock:
+                    if not runner.idle:
+                        continue
+                    crashed = crash_orphaned_runs(self.deployment_id)
+                    reclaimed = self.ledger.reclaim_stale(self.pipeline.name)
+                if crashed or reclaimed:
+                    log.warning(
+                        "run(s) %s lost their server mid-way: marked Crashed; %d file(s) retried",
+                        crashed,
+                        reclaimed,
+                    )
+                oldest = self.ledger.oldest_pending(self.pipeline.name)
+                if oldest is not None and time.time() - oldest > every:
+                    log.warning("files wait with no run coming; starting one")
+                    self.kick()
+            except Exception as exc:  # the server is away: the next sweep tries again
+                log.debug("tending skipped: %s", exc)
 
     def _folder_source(self) -> FolderSource:
         s = self.settings

@@ -407,6 +407,18 @@ class Ledger:
         )
         return {r[0]: r[1] for r in rows}
 
+    def oldest_pending(self, pipeline: str) -> float | None:
+        """When the longest-waiting pending file of ``pipeline`` last changed state, if any."""
+        found = (
+            self._conn()
+            .execute(
+                "SELECT MIN(updated_at) FROM files WHERE pipeline=? AND state IN ('landed','sent')",
+                (pipeline,),
+            )
+            .fetchone()
+        )
+        return float(found[0]) if found and found[0] is not None else None
+
     # -- outbox --------------------------------------------------------------------------------
 
     def queue_event(self, event_id: str, body: dict[str, Any], file_id: int | None = None) -> None:

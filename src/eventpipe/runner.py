@@ -22,6 +22,13 @@ from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import SyncClientContext, _deployment_id, _deployment_parameters
 from prefect.events.clients import get_events_subscriber
@@ -29,7 +36,7 @@ from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNam
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Pending
+from prefect.states import Crashed, Pending
 from prefect.utilities.engine import propose_state_sync
 
 log = logging.getLogger("eventpipe.runner")
@@ -65,6 +72,9 @@ class PushRunner:
         ]
         self.paused = False
         """Set while the deployment is paused: scheduled runs are left alone."""
+        self.current: UUID | None = None
+        """The run executing now, if any; changed only under ``current_lock``."""
+        self.current_lock = threading.Lock()
 
     def start(self, wait: float = 15.0) -> PushRunner:
         for thread in self._threads:
@@ -81,6 +91,11 @@ class PushRunner:
             loop.call_soon_threadsafe(task.cancel)
         for thread in self._threads:
             thread.join(timeout)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting to run."""
+        return self.current is None and self._queue.empty()
 
     def submit(self, flow_run_id: UUID) -> None:
         with self._lock:
@@ -177,6 +192,15 @@ class PushRunner:
                     log.exception("run %s could not be executed", run_id)
 
     def _execute(self, run_id: UUID) -> None:
+        with self.current_lock:
+            self.current = run_id  # from before the claim: the janitor leaves it alone
+        try:
+            self._claim_and_run(run_id)
+        finally:
+            with self.current_lock:
+                self.current = None
+
+    def _claim_and_run(self, run_id: UUID) -> None:
         client = get_client(sync_client=True)
         flow_run = client.read_flow_run(run_id)
         if flow_run.state is None or flow_run.state.type != StateType.SCHEDULED or self.paused:
@@ -214,3 +238,22 @@ class PushRunner:
         finally:
             _deployment_parameters.reset(params_token)
             _deployment_id.reset(id_token)
+
+
+def crash_orphaned_runs(deployment_id: UUID) -> list[str]:
+    """Mark the deployment's Pending/Running runs Crashed: called on start, when no run of
+    this deployment can be executing (runs execute only in the ``up`` process), so they are
+    left over from a process that was killed. Returns their names."""
+    active = FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=active)),
+        )
+        for run in runs:
+            client.set_flow_run_state(
+                run.id,
+                Crashed(message="eventpipe stopped while this run executed; its files are retried"),
+                force=True,
+            )
+    return [run.name for run in runs]
