@@ -93,6 +93,7 @@ class LocalLoop:
         self._runner: PushRunner | None = None
         self._source: FolderSource | BucketSource | None = None
         self._stop = threading.Event()
+        self._stale_reported: set[tuple[str, str]] = set()
         self._watch_thread: threading.Thread | None = None
 
     @property
@@ -123,6 +124,7 @@ class LocalLoop:
         self.ledger = Ledger(s.data / "ledger.sqlite")
         self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
         self.deployment_id = deploy.register(self.pipeline, self.spec, s.data, s.publish_options())
+        self.apply_automations()
         crashed = crash_orphaned_runs(self.deployment_id)
         if crashed:
             log.warning("marked run(s) left by a stopped eventpipe as Crashed: %s", crashed)
@@ -166,6 +168,10 @@ class LocalLoop:
             if runner is None or runner.paused:
                 continue
             try:
+                self._report_stale()
+            except Exception as exc:
+                log.debug("stale check skipped: %s", exc)
+            try:
                 # Under the lock no run can be claimed or claim files meanwhile.
                 with runner.current_lock:
                     if not runner.idle:
@@ -184,6 +190,54 @@ class LocalLoop:
                     self.kick()
             except Exception as exc:  # the server is away: the next sweep tries again
                 log.debug("tending skipped: %s", exc)
+
+    def _report_stale(self) -> None:
+        """``eventpipe.asset.stale`` (once per asset version) for each analytics asset older
+        than ``stale_minutes`` while files landed after its last update."""
+        from eventpipe.events import stale_event
+
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        now = time.time()
+        for row in self.ledger.assets(self.pipeline.name):
+            age = now - row.updated_at
+            if row.kind != "analytics" or age < self.settings.stale_minutes * 60:
+                continue
+            if (row.name, row.version) in self._stale_reported:
+                continue
+            since = self.ledger.landed_since(self.pipeline.name, row.updated_at)
+            if not since:
+                continue
+            event_id, body = stale_event(
+                self.pipeline.name, row.name, row.key, row.version, age, since
+            )
+            self.ledger.queue_event(event_id, body)
+            self._stale_reported.add((row.name, row.version))
+            log.warning(
+                "%s is stale: last updated %.0f min ago, %d file(s) landed since",
+                row.name,
+                age / 60,
+                since,
+            )
+            if self._pump is not None:
+                self._pump.poke()
+
+    def apply_automations(self) -> list[tuple[str, str]]:
+        """Create or update the pipeline's paging automations, if a notification target is
+        set (``notify_webhook`` or ``notify_block``)."""
+        from eventpipe import automations
+
+        s = self.settings
+        assert self.pipeline is not None
+        assert self.deployment_id is not None
+        block_id = automations.notification_block(s.notify_block, s.notify_webhook)
+        if block_id is None:
+            log.info("no notify_webhook or notify_block set: automations not created")
+            return []
+        done = automations.apply(self.pipeline.name, self.deployment_id, block_id, s.stale_minutes)
+        for name, what in done:
+            log.info("automation %r %s", name, what)
+        return done
 
     def _folder_source(self) -> FolderSource:
         s = self.settings
@@ -319,7 +373,9 @@ class LocalLoop:
 
     def stop(self) -> None:
         """Stop watching, pause the deployment and its trigger, let the current run finish,
-        deliver queued events, stop the server."""
+        deliver queued events, stop the server. Stopping twice is harmless."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._watch_thread is not None:
             # A bucket source may sit in a long poll; what it takes after this is durable in

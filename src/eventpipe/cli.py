@@ -53,6 +53,9 @@ def up(
     region: str | None = None,
     aws_credentials_block: str | None = None,
     s3_bucket_block: str | None = None,
+    notify_webhook: str | None = None,
+    notify_block: str | None = None,
+    stale_minutes: float | None = None,
     verbose: Annotated[bool, Parameter(negative=())] = False,
 ) -> None:
     """Start the loop: embedded Prefect server (unless --api-url), the pipeline's deployment and
@@ -86,6 +89,12 @@ def up(
         Name of a prefect-aws AwsCredentials block to use.
     s3_bucket_block
         Name of a prefect-aws S3Bucket block: its bucket, folder and credentials.
+    notify_webhook
+        Page this URL (POST, JSON subject/body) on failed runs, rejected files, stale assets.
+    notify_block
+        Page through this saved Prefect notification block instead ('slug/name').
+    stale_minutes
+        An analytics asset this much older than the files that landed is stale (default 60).
     verbose
         Log debug details.
     """
@@ -103,6 +112,9 @@ def up(
         region=region,
         aws_credentials_block=aws_credentials_block,
         s3_bucket_block=s3_bucket_block,
+        notify_webhook=notify_webhook,
+        notify_block=notify_block,
+        stale_minutes=stale_minutes,
     )
     from eventpipe.app import LocalLoop
 
@@ -206,6 +218,67 @@ def run(
     finally:
         if server is not None:
             server.stop()
+
+
+automations_app = App(name="automations", help="The automations that page on-call.")
+app.command(automations_app)
+
+
+@automations_app.command(name="apply")
+def automations_apply(
+    *,
+    pipeline: str | None = None,
+    api_url: str | None = None,
+    notify_webhook: str | None = None,
+    notify_block: str | None = None,
+    stale_minutes: float | None = None,
+    file: Path | None = None,
+) -> None:
+    """Create or update the pipeline's automations on a Prefect server (safe to run again):
+    failed run, rejected file, no run after files landed, stale asset.
+
+    Parameters
+    ----------
+    pipeline
+        'package.module:name' or 'path/file.py:name'.
+    api_url
+        The Prefect API (default: PREFECT_API_URL).
+    notify_webhook
+        Page this URL (POST, JSON subject/body).
+    notify_block
+        Page through this saved Prefect notification block ('slug/name').
+    stale_minutes
+        An analytics asset this much older than the files that landed is stale.
+    file
+        Automation templates to apply (default: the packaged ones, as in
+        deployments/automations.yaml).
+    """
+    _logging(False)
+    settings = _settings(
+        pipeline=pipeline,
+        api_url=api_url,
+        notify_webhook=notify_webhook,
+        notify_block=notify_block,
+        stale_minutes=stale_minutes,
+    )
+    if settings.api_url:
+        import os
+
+        os.environ["PREFECT_API_URL"] = settings.api_url
+    from eventpipe import automations
+    from eventpipe.app import absolute_spec
+    from eventpipe.deploy import deployment_id
+    from eventpipe.pipeline import load_pipeline
+
+    pipe = load_pipeline(absolute_spec(settings.pipeline))
+    block_id = automations.notification_block(settings.notify_block, settings.notify_webhook)
+    if block_id is None:
+        raise EventpipeError("say where to page: --notify-webhook URL or --notify-block slug/name")
+    done = automations.apply(
+        pipe.name, deployment_id(pipe.name), block_id, settings.stale_minutes, file
+    )
+    for name, what in done:
+        console.print(f"{what:8} {name}")
 
 
 @app.command(name="setup-s3")

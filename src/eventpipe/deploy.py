@@ -64,3 +64,20 @@ def set_paused(deployment_id: UUID, *, paused: bool) -> None:
             client.pause_deployment(deployment_id)
         else:
             client.resume_deployment(deployment_id)
+
+
+def deployment_id(pipeline: str) -> UUID:
+    """The id of deployment ``materialize/<pipeline>``; register it first (``eventpipe up``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from eventpipe.exceptions import ConfigError
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(f"materialize/{pipeline}").id
+        except ObjectNotFound:
+            raise ConfigError(
+                f"no deployment materialize/{pipeline} on this server: run `eventpipe up` "
+                "(or `prefect deploy`) first"
+            ) from None

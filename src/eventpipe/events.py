@@ -27,6 +27,7 @@ FILE_FAILED = "eventpipe.file.failed"
 ASSET_SKIPPED = "eventpipe.asset.skipped"
 ASSET_UPDATED = "eventpipe.asset.updated"
 PIPELINE_COMPLETED = "eventpipe.pipeline.completed"
+ASSET_STALE = "eventpipe.asset.stale"
 
 _NAMESPACE = uuid.UUID("5b0d2f1e-3c55-4a8e-9d7e-2f6d1f0a9e11")
 
@@ -117,6 +118,24 @@ def sighting_event(
         {**file_resource(row)},
         related=[*related, asset],
         payload={"asset": raw_key, "reason": reason, "stage": "raw"},
+    )
+
+
+def stale_event(
+    pipeline: str, name: str, key: str, version: str, age_seconds: float, files_since: int
+) -> tuple[str, dict[str, Any]]:
+    """An analytics asset is behind the files that landed after its last update."""
+    return build_event(
+        ASSET_STALE,
+        {"prefect.resource.id": key, "prefect.resource.name": name, "eventpipe.pipeline": pipeline},
+        related=[related_pipeline(pipeline)],
+        payload={
+            "asset": key,
+            "version": version,
+            "age_minutes": round(age_seconds / 60, 1),
+            "files_since": files_since,
+        },
+        event_id=str(uuid.uuid5(_NAMESPACE, f"stale\n{pipeline}\n{name}\n{version}")),
     )
 
 

@@ -109,6 +109,43 @@ def _skipped(run: steps.RunContext, key: str, step: Step, reason: str) -> None:
     run.ledger.queue_event(event_id, body)
 
 
+def _updated(
+    run: steps.RunContext,
+    step: Step,
+    out: Output,
+    partition: str,
+    upstream: dict[str, str],
+    upstream_keys: list[str],
+) -> None:
+    """``eventpipe.asset.updated``: a new version of an asset (or of one partition)."""
+    event_id, body = ev.build_event(
+        ev.ASSET_UPDATED,
+        {
+            "prefect.resource.id": out.key,
+            "prefect.resource.name": f"{step.name}/{partition}" if partition else step.name,
+            "eventpipe.pipeline": run.pipeline.name,
+        },
+        related=[
+            ev.related_pipeline(run.pipeline.name),
+            ev.related_flow_run(run.run_id),
+            *(
+                {"prefect.resource.id": k, "prefect.resource.role": "upstream"}
+                for k in upstream_keys
+            ),
+        ],
+        payload={
+            "asset": out.key,
+            "step": step.name,
+            "partition": partition or None,
+            "version": out.version,
+            "rows": out.rows,
+            "upstream_versions": upstream,
+            "code_version": step.code_version,
+        },
+    )
+    run.ledger.queue_event(event_id, body)
+
+
 def _deliver(ledger: Ledger) -> None:
     """Send what this run queued now; whatever fails stays in the outbox for the pump."""
     try:
@@ -200,6 +237,8 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
                     "cache hit: same raw sha256 and step code version; "
                     "current output restored from its version",
                 )
+            else:
+                _updated(run, step, out, partition, {"raw": raw.fingerprint}, [asset_key(raw.uri)])
         if ok and row.id in claimed_ids:
             done.append(row.id)
         run.frames.pop(row.id, None)
@@ -217,6 +256,7 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
         {
             "prefect.resource.id": ev.pipeline_resource_id(pipe.name),
             "prefect.resource.name": pipe.name,
+            "eventpipe.pipeline": pipe.name,
         },
         related=[ev.related_flow_run(run.run_id)],
         payload=payload,
@@ -286,6 +326,14 @@ def _run_analytics(run: steps.RunContext, changed: dict[str, list[str]], logger:
                 _skipped(run, out.key, step, "cache hit: inputs and code unchanged")
             else:
                 run.report.assets_updated.append(step.name)
+                _updated(
+                    run,
+                    step,
+                    out,
+                    "",
+                    inputs.upstream,
+                    [asset_key(file_uri(run.store.analytics_path(n))) for n in inputs.upstream],
+                )
 
 
 def _prepare_analytics(

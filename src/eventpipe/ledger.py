@@ -407,6 +407,19 @@ class Ledger:
         )
         return {r[0]: r[1] for r in rows}
 
+    def landed_since(self, pipeline: str, since: float) -> int:
+        """How many files of ``pipeline`` were seen after ``since`` (not counting refusals)."""
+        found = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) FROM files WHERE pipeline=? AND seen_at>?"
+                " AND state NOT IN ('rejected','skipped')",
+                (pipeline, since),
+            )
+            .fetchone()
+        )
+        return int(found[0])
+
     def oldest_pending(self, pipeline: str) -> float | None:
         """When the longest-waiting pending file of ``pipeline`` last changed state, if any."""
         found = (

@@ -73,6 +73,20 @@ class Settings(BaseSettings):
         10, ge=1, le=20, description="Long-poll wait of each SQS receive."
     )
 
+    notify_webhook: str | None = Field(
+        None,
+        description="Page on-call here: failed runs, rejected files, stale assets (a Prefect"
+        " webhook notification block is kept for it).",
+    )
+    notify_block: str | None = Field(
+        None,
+        description="Page through this saved Prefect notification block ('slug/name').",
+    )
+    stale_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="An analytics asset this much older than the files that landed is stale.",
+    )
     outputs: str | None = Field(
         None,
         description="Also publish current processed and analytics outputs to s3://bucket/prefix"

@@ -1,0 +1,123 @@
+"""The automations that page on-call, created per pipeline from a YAML template.
+
+The template (``automations.yaml`` in the package; ``deployments/automations.yaml`` is the copy
+to edit for a deployment) holds Prefect automations with ``{placeholders}``. Applying finds each
+automation by name and updates it, so running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import yaml
+
+from eventpipe.exceptions import ConfigError
+
+log = logging.getLogger("eventpipe.automations")
+
+WEBHOOK_BLOCK = "eventpipe-notify"
+
+
+def template(path: Path | None = None) -> list[dict[str, Any]]:
+    """The automation templates in ``path``, or the packaged ones."""
+    text = (
+        path.read_text(encoding="utf-8")
+        if path is not None
+        else resources.files("eventpipe").joinpath("automations.yaml").read_text(encoding="utf-8")
+    )
+    loaded = yaml.safe_load(text)
+    if not isinstance(loaded, list) or not all(isinstance(a, dict) for a in loaded):
+        raise ConfigError(f"{path or 'automations.yaml'} must be a YAML list of automations")
+    return loaded
+
+
+def render(automations: list[dict[str, Any]], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fill the placeholders of every string (``{{`` stays a literal ``{`` for Jinja)."""
+
+    def fill(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if isinstance(node, str):
+            text = node.format(**values)
+            return int(text) if key == "within" else text
+        return node
+
+    return [fill(a) for a in automations]
+
+
+def notification_block(notify_block: str | None, notify_webhook: str | None) -> UUID | None:
+    """The notification block automations send to: a saved block ('slug/name'), or a webhook
+    block eventpipe keeps for ``notify_webhook``. None when neither is set."""
+    if not notify_block and not notify_webhook:
+        return None
+    return asyncio.run(_notification_block(notify_block, notify_webhook))
+
+
+async def _notification_block(notify_block: str | None, notify_webhook: str | None) -> UUID:
+    from prefect.blocks.core import Block
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    if notify_block:
+        try:
+            block = await Block.aload(notify_block)
+        except ValueError as exc:
+            raise ConfigError(
+                f"no notification block {notify_block!r}: give it as 'block-type-slug/name' "
+                f"(e.g. 'slack-webhook/on-call'): {exc}"
+            ) from exc
+        document_id: Any = getattr(block, "_block_document_id", None)
+        return UUID(str(document_id))
+    webhook = CustomWebhookNotificationBlock.model_validate(
+        {
+            "name": "eventpipe",
+            "url": notify_webhook,
+            "method": "POST",
+            "json_data": {"subject": "{{subject}}", "body": "{{body}}"},
+        }
+    )
+    return UUID(str(await webhook.asave(WEBHOOK_BLOCK, overwrite=True)))
+
+
+def apply(
+    pipeline: str,
+    deployment_id: UUID,
+    block_id: UUID,
+    stale_minutes: float,
+    path: Path | None = None,
+) -> list[tuple[str, str]]:
+    """Create or update the pipeline's automations; returns (name, "created"/"updated")."""
+    values = {
+        "pipeline": pipeline,
+        "deployment_id": deployment_id,
+        "notify_block_id": block_id,
+        "stale_minutes": f"{stale_minutes:g}",
+        "stale_seconds": int(stale_minutes * 60),
+    }
+    return asyncio.run(_apply(render(template(path), values)))
+
+
+async def _apply(specs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    from prefect.automations import Automation
+
+    done: list[tuple[str, str]] = []
+    for spec in specs:
+        wanted = Automation.model_validate(spec)
+        try:
+            existing: Automation | None = await Automation.aread(name=wanted.name)
+        except ValueError:
+            existing = None
+        if existing is None:
+            await wanted.acreate()
+            done.append((wanted.name, "created"))
+        else:
+            wanted.id = existing.id
+            await wanted.aupdate()
+            done.append((wanted.name, "updated"))
+    return done
