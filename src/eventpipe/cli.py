@@ -10,13 +10,13 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from cyclopts import App, Parameter
 from rich.console import Console
 from rich.table import Table
 
-from eventpipe.exceptions import EventpipeError
+from eventpipe.exceptions import ConfigError, EventpipeError
 from eventpipe.settings import Settings
 
 app = App(name="eventpipe", help="Event-driven, asset-based data pipelines on Prefect.")
@@ -485,6 +485,58 @@ def explain(file: str, /, *, data: Path | None = None) -> None:
                 + (f" — {reason}" if reason else "")
                 + ("" if event.get("sent_at") else "  [yellow](not yet delivered)[/]")
             )
+
+
+@app.command
+def lineage(
+    *,
+    pipeline: str | None = None,
+    data: Path | None = None,
+    output_format: Annotated[
+        Literal["text", "json", "mermaid", "dot"], Parameter(name="--format")
+    ] = "text",
+    stale_minutes: float = 60,
+) -> None:
+    """The pipeline's asset graph, raw -> processed -> analytics, each asset with its key,
+    version, last update, rows and health: fresh, stale, failing or missing (never built).
+
+    Parameters
+    ----------
+    pipeline
+        'package.module:name' or 'path/file.py:name' (default: the demo pipeline).
+    data
+        Where outputs, versions and the ledger live.
+    output_format
+        text (a table), json, mermaid (a flowchart) or dot (Graphviz source).
+    stale_minutes
+        An asset older than this is stale when newer files are waiting for it.
+    """
+    import time
+
+    from eventpipe.ledger import Ledger
+    from eventpipe.lineage import build_graph
+    from eventpipe.lineage_formats import render, to_table
+    from eventpipe.pipeline import load_pipeline
+
+    if stale_minutes < 0:
+        raise ConfigError(f"--stale-minutes must be 0 or more, not {stale_minutes:g}")
+    settings = _settings(pipeline=pipeline, data=data).resolved()
+    pipe = load_pipeline(settings.pipeline)
+    files, assets = [], []
+    path = settings.data / "ledger.sqlite"
+    if path.exists():  # else nothing has run yet: every asset is missing
+        ledger = Ledger(path)
+        try:
+            files, assets = ledger.latest_files(pipe.name), ledger.assets(pipe.name)
+        finally:
+            ledger.close()
+    graph = build_graph(
+        pipe, files, assets, data=settings.data, now=time.time(), stale_minutes=stale_minutes
+    )
+    if output_format == "text":
+        console.print(to_table(graph))
+    else:
+        print(render(graph, output_format), end="")
 
 
 def main() -> None:

@@ -401,6 +401,16 @@ class Ledger:
         )
         return [_file_row(r) for r in rows]
 
+    def latest_files(self, pipeline: str) -> list[FileRow]:
+        """The newest row of each uri, whatever its state: where each landed file stands now."""
+        rows = self._conn().execute(
+            "SELECT * FROM files f WHERE pipeline=? AND landed_seq = ("
+            " SELECT MAX(landed_seq) FROM files g WHERE g.pipeline=f.pipeline AND g.uri=f.uri)"
+            " ORDER BY relative, uri",
+            (pipeline,),
+        )
+        return [_file_row(r) for r in rows]
+
     def counts(self, pipeline: str) -> dict[str, int]:
         rows = self._conn().execute(
             "SELECT state, COUNT(*) FROM files WHERE pipeline=? GROUP BY state", (pipeline,)
