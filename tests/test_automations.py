@@ -55,12 +55,13 @@ def pager() -> Iterator[Pager]:
     pager = Pager()
     yield pager
     pager.server.shutdown()
+    pager.server.server_close()
 
 
 @pytest.fixture
 def loop(prefect_server: EmbeddedServer, tmp_path: Path, pager: Pager) -> Iterator[Harness]:
     with running_loop(
-        prefect_server, tmp_path, notify_webhook=pager.url, stale_minutes=0.1, sweep_seconds=2
+        prefect_server, tmp_path, notify_webhook=pager.url, stale_minutes=0.2, sweep_seconds=2
     ) as harness:
         yield harness
 
@@ -106,10 +107,10 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     assert "the upstream service is down" in page["body"] or "failed" in page["body"]
     assert "/runs/flow-run/" in page["body"]
 
-    page = pager.wait("is stale")  # revenue_by_day is behind later.csv
-    assert "file(s) landed since" in page["body"]
+    page = pager.wait("is stale")  # revenue_by_day lacks later.csv, failed long enough ago
+    assert "is missing" in page["body"]
     stale = loop.wait_events(lambda evs: len(evs) >= 1, "eventpipe.asset.stale")
-    assert stale[0]["payload"]["files_since"] >= 1
+    assert stale[0]["payload"]["files_behind"] >= 1
 
     # Applying again updates the same four automations.
     again = loop.loop.apply_automations()

@@ -192,32 +192,31 @@ class LocalLoop:
                 log.debug("tending skipped: %s", exc)
 
     def _report_stale(self) -> None:
-        """``eventpipe.asset.stale`` (once per asset version) for each analytics asset older
-        than ``stale_minutes`` while files landed after its last update."""
+        """``eventpipe.asset.stale`` (once per asset version) for each analytics asset while
+        files that landed over ``stale_minutes`` ago are still not in it (waiting, or failed)."""
         from eventpipe.events import stale_event
 
         assert self.ledger is not None
         assert self.pipeline is not None
         now = time.time()
+        count, oldest = self.ledger.behind(
+            self.pipeline.name, now - self.settings.stale_minutes * 60
+        )
+        if not count or oldest is None:
+            return
         for row in self.ledger.assets(self.pipeline.name):
-            age = now - row.updated_at
-            if row.kind != "analytics" or age < self.settings.stale_minutes * 60:
-                continue
-            if (row.name, row.version) in self._stale_reported:
-                continue
-            since = self.ledger.landed_since(self.pipeline.name, row.updated_at)
-            if not since:
+            if row.kind != "analytics" or (row.name, row.version) in self._stale_reported:
                 continue
             event_id, body = stale_event(
-                self.pipeline.name, row.name, row.key, row.version, age, since
+                self.pipeline.name, row.name, row.key, row.version, now - oldest, count
             )
             self.ledger.queue_event(event_id, body)
             self._stale_reported.add((row.name, row.version))
             log.warning(
-                "%s is stale: last updated %.0f min ago, %d file(s) landed since",
+                "%s is stale: %d file(s) not in it yet, the oldest landed %.0f min ago",
                 row.name,
-                age / 60,
-                since,
+                count,
+                (now - oldest) / 60,
             )
             if self._pump is not None:
                 self._pump.poke()

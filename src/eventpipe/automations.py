@@ -98,7 +98,7 @@ def apply(
         "deployment_id": deployment_id,
         "notify_block_id": block_id,
         "stale_minutes": f"{stale_minutes:g}",
-        "stale_seconds": int(stale_minutes * 60),
+        "stale_seconds": max(int(stale_minutes * 60), 10),  # Prefect's least proactive window
     }
     return asyncio.run(_apply(render(template(path), values)))
 

@@ -122,9 +122,9 @@ def sighting_event(
 
 
 def stale_event(
-    pipeline: str, name: str, key: str, version: str, age_seconds: float, files_since: int
+    pipeline: str, name: str, key: str, version: str, waited_seconds: float, files_behind: int
 ) -> tuple[str, dict[str, Any]]:
-    """An analytics asset is behind the files that landed after its last update."""
+    """An analytics asset is missing files that landed long ago (still pending, or failed)."""
     return build_event(
         ASSET_STALE,
         {"prefect.resource.id": key, "prefect.resource.name": name, "eventpipe.pipeline": pipeline},
@@ -132,8 +132,8 @@ def stale_event(
         payload={
             "asset": key,
             "version": version,
-            "age_minutes": round(age_seconds / 60, 1),
-            "files_since": files_since,
+            "waited_minutes": round(waited_seconds / 60, 1),
+            "files_behind": files_behind,
         },
         event_id=str(uuid.uuid5(_NAMESPACE, f"stale\n{pipeline}\n{name}\n{version}")),
     )

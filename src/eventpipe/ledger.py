@@ -417,18 +417,19 @@ class Ledger:
         )
         return {r[0]: r[1] for r in rows}
 
-    def landed_since(self, pipeline: str, since: float) -> int:
-        """How many files of ``pipeline`` were seen after ``since`` (not counting refusals)."""
+    def behind(self, pipeline: str, seen_before: float) -> tuple[int, float | None]:
+        """Files of ``pipeline`` seen before ``seen_before`` that the outputs don't reflect yet
+        (pending, processing or failed): how many, and when the oldest was seen."""
         found = (
             self._conn()
             .execute(
-                "SELECT COUNT(*) FROM files WHERE pipeline=? AND seen_at>?"
-                " AND state NOT IN ('rejected','skipped')",
-                (pipeline, since),
+                "SELECT COUNT(*), MIN(seen_at) FROM files WHERE pipeline=? AND seen_at<?"
+                " AND state IN ('landed','sent','processing','failed')",
+                (pipeline, seen_before),
             )
             .fetchone()
         )
-        return int(found[0])
+        return int(found[0]), (float(found[1]) if found[1] is not None else None)
 
     def oldest_pending(self, pipeline: str) -> float | None:
         """When the longest-waiting pending file of ``pipeline`` last changed state, if any."""
