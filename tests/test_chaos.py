@@ -115,6 +115,7 @@ class Up:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
 
 
 def run_states(api_url: str) -> list[str]:
