@@ -47,7 +47,18 @@ expect.set_options(timeout=UI_TIMEOUT)
 
 
 @pytest.fixture
-def loop(prefect_server: EmbeddedServer, tmp_path: Path) -> Iterator[Harness]:
+def chromium() -> Path:
+    """Debian's chromium: skipped without it on a workstation, a failure in CI."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser tests")
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture
+def loop(chromium: Path, prefect_server: EmbeddedServer, tmp_path: Path) -> Iterator[Harness]:
     root = tmp_path / "loop"
     root.mkdir()
     with running_loop(prefect_server, root) as harness:
@@ -55,19 +66,14 @@ def loop(prefect_server: EmbeddedServer, tmp_path: Path) -> Iterator[Harness]:
 
 
 @pytest.fixture
-def page(loop: Harness) -> Iterator[Any]:
+def page(chromium: Path, loop: Harness) -> Iterator[Any]:
     """A fresh browser page, started after the loop: Playwright's sync API runs an event loop
     in this thread, and Prefect's sync calls made while one runs would return coroutines."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the browser tests")
-        pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=ARGS, headless=True
+            executable_path=str(chromium), args=ARGS, headless=True
         )
         context = browser.new_context(timezone_id="UTC", viewport={"width": 1400, "height": 1000})
         context.route("**/*", _local_only)
@@ -199,7 +205,14 @@ def test_lineage_page_shows_the_graph_and_marks_a_failing_asset(
         page.screenshot(path=tmp_path / "lineage-page.png", full_page=True)
 
         served = json.loads(page.request.get(f"{page.url}lineage.json").text())
-        assert {n["name"]: n["health"] for n in served["nodes"]}["top_day"] == "failing"
+        nodes_by_name = {n["name"]: n for n in served["nodes"]}
+        assert nodes_by_name["top_day"]["health"] == "failing"
+
+        # The asset's link opens the Prefect UI's feed filtered to that asset's key.
+        page.goto(link)
+        key = nodes_by_name["revenue_by_day"]["key"]
+        expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        expect(page.get_by_text("eventpipe.asset.updated", exact=True).first).to_be_visible()
     finally:
         server.shutdown()
         server.server_close()
