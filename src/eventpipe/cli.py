@@ -511,32 +511,70 @@ def lineage(
     stale_minutes
         An asset older than this is stale when newer files are waiting for it.
     """
-    import time
-
-    from eventpipe.ledger import Ledger
-    from eventpipe.lineage import build_graph
+    from eventpipe.lineage import read_graph
     from eventpipe.lineage_formats import render, to_table
     from eventpipe.pipeline import load_pipeline
 
     if stale_minutes < 0:
         raise ConfigError(f"--stale-minutes must be 0 or more, not {stale_minutes:g}")
     settings = _settings(pipeline=pipeline, data=data).resolved()
-    pipe = load_pipeline(settings.pipeline)
-    files, assets = [], []
-    path = settings.data / "ledger.sqlite"
-    if path.exists():  # else nothing has run yet: every asset is missing
-        ledger = Ledger(path)
-        try:
-            files, assets = ledger.latest_files(pipe.name), ledger.assets(pipe.name)
-        finally:
-            ledger.close()
-    graph = build_graph(
-        pipe, files, assets, data=settings.data, now=time.time(), stale_minutes=stale_minutes
-    )
+    graph = read_graph(load_pipeline(settings.pipeline), settings.data, stale_minutes=stale_minutes)
     if output_format == "text":
         console.print(to_table(graph))
     else:
         print(render(graph, output_format), end="")
+
+
+@app.command
+def ui(
+    *,
+    pipeline: str | None = None,
+    data: Path | None = None,
+    port: int = 8787,
+    host: str = "127.0.0.1",
+    prefect_ui: str = "http://127.0.0.1:4200",
+    stale_minutes: float = 60,
+) -> None:
+    """A read-only web page: the pipeline's lineage graph and freshness table, with links into
+    the Prefect UI's events feed. GET /lineage.json gives `eventpipe lineage --format json`.
+
+    Parameters
+    ----------
+    pipeline
+        'package.module:name' or 'path/file.py:name' (default: the demo pipeline).
+    data
+        Where outputs, versions and the ledger live.
+    port
+        Port to listen on (0: any free port).
+    host
+        Address to bind (default 127.0.0.1: this machine only).
+    prefect_ui
+        Base URL of the Prefect UI the asset links point to.
+    stale_minutes
+        An asset older than this is stale when newer files are waiting for it.
+    """
+    from eventpipe.pipeline import load_pipeline
+    from eventpipe.webui import serve
+
+    if stale_minutes < 0:
+        raise ConfigError(f"--stale-minutes must be 0 or more, not {stale_minutes:g}")
+    settings = _settings(pipeline=pipeline, data=data).resolved()
+    server = serve(
+        load_pipeline(settings.pipeline),
+        settings.data,
+        host=host,
+        port=port,
+        prefect_ui=prefect_ui,
+        stale_minutes=stale_minutes,
+    )
+    address, bound = server.server_address[:2]
+    console.print(f"eventpipe ui on http://{address!s}:{bound}  (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main() -> None:

@@ -261,6 +261,27 @@ def build_graph(
     return Graph(pipeline.name, tuple(nodes), tuple(edges), now, stale_minutes)
 
 
+def read_graph(pipeline: Pipeline, data: Path, *, stale_minutes: float = 60) -> Graph:
+    """The graph of ``pipeline`` now, from the ledger under ``data`` (every asset is missing
+    before anything has run)."""
+    import time
+
+    from eventpipe.ledger import Ledger
+
+    files: list[FileRow] = []
+    assets: list[AssetRow] = []
+    path = data / "ledger.sqlite"
+    if path.exists():
+        ledger = Ledger(path)
+        try:
+            files, assets = ledger.latest_files(pipeline.name), ledger.assets(pipeline.name)
+        finally:
+            ledger.close()
+    return build_graph(
+        pipeline, files, assets, data=data, now=time.time(), stale_minutes=stale_minutes
+    )
+
+
 def _step_id(pipeline: Pipeline, name: str) -> str:
     return f"{'processed' if pipeline.steps[name].kind == 'process' else 'analytics'}_{name}"
 
