@@ -104,7 +104,8 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     loop.drop("later.csv", "day,amount\n2026-01-02,5\n")
     loop.wait_file_state("later.csv", "failed")
     page = pager.wait("Failed")
-    assert "the upstream service is down" in page["body"] or "failed" in page["body"]
+    assert "ended Failed" in page["body"]
+    assert "EventpipeError: 1 file(s) failed in pipeline" in page["body"]
     assert "/runs/flow-run/" in page["body"]
 
     page = pager.wait("is stale")  # revenue_by_day lacks later.csv, failed long enough ago

@@ -163,10 +163,11 @@ def test_run_artifacts_show_the_summary_and_an_asset_table(
     expect(rows).to_be_visible()
     expect(rows.get_by_role("columnheader")).to_have_text(["day", "amount"])
     expect(rows.get_by_role("row")).to_have_count(3)
+    expect(rows.get_by_role("cell").first).to_have_text("2026-01-01")  # as is, not escaped
     page.screenshot(path=tmp_path / "asset-table.png", full_page=True)
 
 
-def test_lineage_page_shows_the_graph_and_marks_a_failing_asset(
+def test_lineage_page_draws_the_graph_and_marks_the_failing_step_and_stale_assets(
     loop: Harness, page: Any, tmp_path: Path
 ) -> None:
     from eventpipe.pipeline import load_pipeline
@@ -196,17 +197,28 @@ def test_lineage_page_shows_the_graph_and_marks_a_failing_asset(
         expect(page.locator("#edges li")).to_contain_text(
             ["good.csv → cleaned", "later.csv → cleaned", "cleaned → revenue_by_day"],
         )
-        failing = page.locator("#analytics_revenue_by_day td.health.failing")
-        expect(failing).to_have_text("failing")
+        # The step that raised is failing; what it feeds is behind (stale), not broken.
+        expect(page.locator("#processed_cleaned td.health")).to_have_text("failing")
+        stale = page.locator("#analytics_revenue_by_day td.health.stale")
+        expect(stale).to_have_text("stale")
+        expect(page.locator("#analytics_revenue_by_day td.why")).to_have_text(
+            "input cleaned failing"
+        )
         link = page.locator("#analytics_revenue_by_day a").get_attribute("href")
         assert link is not None
         assert link.startswith(f"{loop.server.ui_url}/events?resource=")
-        expect(page.locator("pre.mermaid-source")).to_contain_text("flowchart LR")
+        # The graph, drawn by Graphviz: one box per asset, coloured by health.
+        drawn = page.locator("#graph svg")
+        expect(drawn).to_be_visible()
+        for health, names in (("failing", ("later.csv", "cleaned")), ("stale", ("top_day",))):
+            for name in names:
+                expect(drawn.locator(f"g.node.{health}").filter(has_text=name)).to_have_count(1)
+        expect(drawn.locator("g.node.stale a")).to_have_count(2)  # linked to their events
         page.screenshot(path=tmp_path / "lineage-page.png", full_page=True)
 
         served = json.loads(page.request.get(f"{page.url}lineage.json").text())
         nodes_by_name = {n["name"]: n for n in served["nodes"]}
-        assert nodes_by_name["top_day"]["health"] == "failing"
+        assert nodes_by_name["top_day"]["health"] == "stale"
 
         # The asset's link opens the Prefect UI's feed filtered to that asset's key.
         page.goto(link)

@@ -13,7 +13,15 @@ import pytest
 from eventpipe import cli
 from eventpipe.cli import app
 from eventpipe.ledger import AssetRow, FileRow, Ledger
-from eventpipe.lineage import Graph, Upstream, build_graph, failing_files, judge, last_run
+from eventpipe.lineage import (
+    Graph,
+    Upstream,
+    Verdict,
+    build_graph,
+    failing_files,
+    judge,
+    last_run,
+)
 from eventpipe.lineage_formats import to_dict, to_dot, to_mermaid
 from eventpipe.models import Landed
 from eventpipe.pipeline import Pipeline
@@ -116,14 +124,24 @@ def test_everything_built_after_its_files_is_fresh() -> None:
     }
 
 
-def test_a_failed_file_makes_its_raw_node_and_everything_downstream_failing() -> None:
+def test_a_failed_file_makes_its_node_and_step_failing_and_what_they_feed_stale() -> None:
     failed = file_row("b.csv", "failed", NOW - 60, reason="upstream down")
 
     health = built([file_row("a.csv"), failed])
 
     assert health["b.csv"] == "failing"
     assert health["a.csv"] == "fresh"
-    assert {health[n] for n in ("cleaned", "revenue_by_day", "top_day")} == {"failing"}
+    assert health["cleaned"] == "failing"
+    assert {health[n] for n in ("revenue_by_day", "top_day")} == {"stale"}
+
+
+def test_a_rejected_file_marks_only_its_own_node() -> None:
+    rejected = file_row("b.csv", "rejected", NOW - 60, run_id=None, reason="not UTF-8")
+
+    health = built([file_row("a.csv"), rejected])
+
+    assert health["b.csv"] == "failing"
+    assert {health[n] for n in ("a.csv", "cleaned", "revenue_by_day", "top_day")} == {"fresh"}
 
 
 def test_a_rejection_counts_only_in_the_last_run_or_at_landing_since_it() -> None:
@@ -166,10 +184,12 @@ def test_an_input_updated_after_it_or_not_current_makes_an_asset_stale() -> None
     assert judge(NOW - 50, now=NOW, stale_minutes=60, inputs=[lagging]).health == "stale"
 
 
-def test_never_built_is_missing_unless_its_inputs_fail() -> None:
+def test_never_built_is_missing_and_a_failing_input_makes_an_asset_stale() -> None:
     assert judge(None, now=NOW, stale_minutes=60).health == "missing"
     broken = Upstream("cleaned", NOW - 10, "failing")
-    assert judge(None, now=NOW, stale_minutes=60, inputs=[broken]).health == "failing"
+    assert judge(None, now=NOW, stale_minutes=60, inputs=[broken]).health == "missing"
+    verdict = judge(NOW - 5, now=NOW, stale_minutes=60, inputs=[broken])
+    assert verdict == Verdict("stale", "input cleaned failing")
     assert judge(None, now=NOW, stale_minutes=60, failing=["a.csv"]).why == (
         "1 file failing: a.csv"
     )
@@ -388,7 +408,7 @@ def test_lineage_follows_a_running_loop(
         assert nodes["top_day"]["key"].endswith(f"/analytics/{h.name}/top_day.parquet")
         assert nodes["a.csv"]["state"] == "done"
 
-        # The upstream service goes down: c.csv fails, and so does everything it feeds.
+        # The upstream service goes down: c.csv fails in cleaned; what cleaned feeds is behind.
         h.flag.touch()
         h.drop("c.csv", "day,amount\n2026-03-03,9\n")
         h.wait_file_state("c.csv", "failed")
@@ -398,8 +418,8 @@ def test_lineage_follows_a_running_loop(
             "b.csv": "fresh",
             "c.csv": "failing",
             "cleaned": "failing",
-            "revenue_by_day": "failing",
-            "top_day": "failing",
+            "revenue_by_day": "stale",
+            "top_day": "stale",
         }
 
         # Back up; c.csv is dropped again and goes through.

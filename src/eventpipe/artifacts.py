@@ -104,8 +104,10 @@ class RunReport:
 
 
 def table_rows(frame: pd.DataFrame, head: int = 20) -> list[dict[str, Any]]:
-    """The first rows of ``frame`` as plain, JSON-safe values for a table artifact (the
-    Prefect UI renders each text cell as markdown, so text is escaped as markdown)."""
+    """The first rows of ``frame`` as plain, JSON-safe values for a table artifact. The
+    Prefect UI shows a table artifact's cells as text (not markdown, not HTML: a markdown
+    escape would show as a backslash), so text goes in as it is, whitespace flattened and
+    cut at :data:`CELL_CHARS`."""
     sample = frame.head(head)
     return [
         {str(col): _plain(val) for col, val in row.items()}
@@ -113,7 +115,11 @@ def table_rows(frame: pd.DataFrame, head: int = 20) -> list[dict[str, Any]]:
     ]
 
 
+CELL_CHARS = 200
+
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return None if isinstance(value, float) and value != value else value
-    return escape_markdown(value)
+    text = " ".join(str(value).split())
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"

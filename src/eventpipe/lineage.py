@@ -8,23 +8,24 @@ come from the pipeline definition, so an asset that has never been built is in t
 Health of a process or analytics node, by the first rule that holds:
 
 ``failing``
-    A file feeding it is failing, or one of its inputs is failing. A file is failing when its
-    current row (the newest row of its uri) is ``failed`` (a step raised), or ``rejected`` by
-    the last run or at landing since that run. The last run is the run of the most recently
-    updated file row that names a run; "since" is that row's update time. An older rejection
-    no longer counts: the file sits in quarantine and later files went through.
+    A process step raised on a file that feeds it: the file's current row (the newest row of
+    its uri) is ``failed``. Fixing the step and retrying is on-call's job.
 ``missing``
     It has never been built: the ledger has no current version of it.
 ``stale``
-    It is behind its inputs: an input asset is stale or missing, or was updated after it; or
-    its last update is older than ``stale_minutes`` and a file is pending (``landed``,
+    It is behind its inputs: an input asset is failing, stale or missing, or was updated after
+    it; or its last update is older than ``stale_minutes`` and a file is pending (``landed``,
     ``sent`` or ``processing``) whose ledger row changed (it landed, was sent or was claimed)
     after that update.
 ``fresh``
     None of the above.
 
-A raw file node is ``failing`` when that file is failing, else ``fresh``; the ``raw files``
-node is ``failing`` when any file is, ``missing`` when no file has landed, else ``fresh``.
+A raw file node is ``failing`` when that file is failing: ``failed``, or ``rejected`` by the
+last run or at landing since that run (the last run is the run of the most recently updated
+file row that names a run; "since" is that row's update time). An older rejection no longer
+counts: the file sits in quarantine and later files went through. A rejected file marks only
+its own node: nothing downstream is wrong, the file never got in. The ``raw files`` node is
+``failing`` when any file is, ``missing`` when no file has landed, else ``fresh``.
 
 A process step's last update is the newest of its partitions', its rows their sum and its
 version the first 16 hex digits of a sha256 over its partitions' (name, version) pairs.
@@ -148,11 +149,11 @@ def judge(
     current files. The rules are in the module's docstring."""
     if failing:
         return Verdict("failing", f"{counted(len(failing), 'file')} failing: {listed(failing)}")
-    broken = [u.name for u in inputs if u.health == "failing"]
-    if broken:
-        return Verdict("failing", f"input {listed(broken)} failing")
     if updated_at is None:
         return Verdict("missing", "never built")
+    broken = [u.name for u in inputs if u.health == "failing"]
+    if broken:
+        return Verdict("stale", f"input {listed(broken)} failing")
     lagging = [u.name for u in inputs if u.health in ("stale", "missing")]
     if lagging:
         return Verdict("stale", f"input {listed(lagging)} not current")
@@ -220,7 +221,7 @@ def build_graph(
             updated,
             now=now,
             stale_minutes=stale_minutes,
-            failing=[f.relative for f in failing],
+            failing=[f.relative for f in failing if f.state == "failed"],
             files=files,
         )
         node = Node(

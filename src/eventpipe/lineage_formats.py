@@ -7,6 +7,7 @@ node ids are made of ``[a-z0-9_]`` only.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -126,8 +127,11 @@ def dot_text(text: str) -> str:
     return "".join(out)
 
 
-def to_dot(graph: Graph) -> str:
-    """Graphviz source (``dot -Tsvg``), nodes filled by health."""
+def to_dot(graph: Graph, links: Mapping[str, str] | None = None) -> str:
+    """Graphviz source (``dot -Tsvg``), nodes filled by health. ``links`` maps node ids to
+    URLs: those nodes become links in an SVG rendering. Each node's SVG group gets the id
+    ``node_<id>`` and the classes ``node <health>``."""
+    links = links or {}
     lines = [
         f'digraph "{dot_text("eventpipe " + graph.pipeline)}" {{',
         "  rankdir=LR;",
@@ -139,9 +143,10 @@ def to_dot(graph: Graph) -> str:
             dot_text(part) for part in (node.name, _summary(node), _status(node, graph.now))
         )
         style = ', style="rounded,filled,dashed"' if node.health == "missing" else ""
+        link = (node.id in links and f', URL="{dot_text(links[node.id])}", target="_top"') or ""
         lines.append(
             f'  "{node.id}" [label="{label}", fillcolor="{fill}", color="{border}",'
-            f' fontcolor="{color}"{style}];'
+            f' fontcolor="{color}", id="node_{node.id}", class="{node.health}"{style}{link}];'
         )
     lines.extend(f'  "{a}" -> "{b}";' for a, b in graph.edges)
     lines.append("}")

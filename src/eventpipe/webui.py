@@ -1,13 +1,19 @@
 """``eventpipe ui``: a read-only page with a pipeline's lineage and freshness, on the standard
 library's HTTP server.
 
-No layout library is in the lock, so the graph is shown as its mermaid source, a table of nodes
-and a list of edges; nothing is fetched from another host (the page has no scripts). Every name
-comes from users or user code and is HTML-escaped.
+The graph is drawn by Graphviz (``dot -Tsvg``, Debian package ``graphviz``) on the server and
+inlined as SVG, each asset a link to its events in the Prefect UI; without ``dot`` the page says
+so and shows the mermaid source. Nothing is fetched from another host and the page has no
+scripts. Every name comes from users or user code: it is HTML-escaped in the page and escaped
+for dot (Graphviz escapes it again in the SVG).
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
+import subprocess
 from datetime import UTC, datetime
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +21,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from eventpipe.lineage import Graph, Node, age_text, read_graph
-from eventpipe.lineage_formats import to_json, to_mermaid
+from eventpipe.lineage_formats import to_dot, to_json, to_mermaid
 from eventpipe.pipeline import Pipeline
+
+log = logging.getLogger("eventpipe.webui")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
@@ -29,6 +37,7 @@ td.health { font-weight: 600; }
 .failing { background: #f8d7da; color: #721c24; }
 .missing { background: #e2e3e5; color: #383d41; }
 pre.mermaid-source { background: #f7f7f7; padding: 1rem; overflow: auto; }
+#graph svg { max-width: 100%; height: auto; }
 .why { color: #666; }
 """
 
@@ -38,8 +47,39 @@ def events_link(prefect_ui: str, key: str) -> str:
     return f"{prefect_ui.rstrip('/')}/events?resource={quote(key, safe='')}"
 
 
-def render_page(graph: Graph, prefect_ui: str) -> str:
-    """The whole HTML page for ``graph``; links to assets' events go to ``prefect_ui``."""
+def draw(graph: Graph, prefect_ui: str) -> str | None:
+    """``graph`` as inline SVG drawn by Graphviz's ``dot``, processed and analytics assets
+    linking to their events; None when ``dot`` is not installed or fails."""
+    dot = shutil.which("dot")
+    if dot is None:
+        return None
+    links = {n.id: events_link(prefect_ui, n.key) for n in graph.nodes if _linked(n) and n.key}
+    try:
+        done = subprocess.run(
+            [dot, "-Tsvg"],
+            input=to_dot(graph, links),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("dot could not draw the lineage graph: %s", exc)
+        return None
+    if done.returncode != 0 or "<svg" not in done.stdout:
+        log.warning("dot could not draw the lineage graph: %s", done.stderr.strip()[:500])
+        return None
+    svg = done.stdout[done.stdout.index("<svg") :]
+    return re.sub(r"<!--.*?-->", "", svg, flags=re.DOTALL)  # comments repeat names, unescaped
+
+
+def _linked(node: Node) -> bool:
+    return node.kind in ("processed", "analytics") and bool(node.key)
+
+
+def render_page(graph: Graph, prefect_ui: str, *, svg: str | None = None) -> str:
+    """The whole HTML page for ``graph``; links to assets' events go to ``prefect_ui``.
+    ``svg`` is the drawn graph (:func:`draw`); without it the page shows the mermaid source."""
     title = escape(f"eventpipe: {graph.pipeline}")
     rows = "\n".join(_row(node, graph.now, prefect_ui) for node in graph.nodes)
     names = {n.id: n.name for n in graph.nodes}
@@ -66,15 +106,28 @@ while newer files wait. <a href="/lineage.json">lineage.json</a></p>
 {rows}
 </tbody>
 </table>
+<h2>Graph</h2>
+{_graph_section(graph, svg)}
 <h2>Edges</h2>
 <ul id="edges">
 {edges}
 </ul>
-<h2>Graph (mermaid)</h2>
-<pre class="mermaid-source">{escape(to_mermaid(graph))}</pre>
 </body>
 </html>
 """
+
+
+def _graph_section(graph: Graph, svg: str | None) -> str:
+    source = f'<pre class="mermaid-source">{escape(to_mermaid(graph))}</pre>'
+    if svg is None:
+        return (
+            '<p class="why">Graphviz is not installed here (<code>apt-get install graphviz</code>'
+            " draws this graph); its mermaid source:</p>\n" + source
+        )
+    return (
+        f'<div id="graph">{svg}</div>\n'
+        f"<details><summary>mermaid source</summary>\n{source}\n</details>"
+    )
 
 
 def _row(node: Node, now: float, prefect_ui: str) -> str:
@@ -85,7 +138,7 @@ def _row(node: Node, now: float, prefect_ui: str) -> str:
     )
     age = age_text(now - node.updated_at) if node.updated_at is not None else "-"
     link = ""
-    if node.kind in ("processed", "analytics") and node.key:
+    if _linked(node) and node.key:
         link = f'<a href="{escape(events_link(prefect_ui, node.key))}">events</a>'
     cells = [
         f'<td class="name">{escape(node.name)}</td>',
@@ -123,7 +176,8 @@ def serve(
             if path == "/lineage.json":
                 self._send(200, "application/json", to_json(graph))
             else:
-                self._send(200, "text/html; charset=utf-8", render_page(graph, prefect_ui))
+                page = render_page(graph, prefect_ui, svg=draw(graph, prefect_ui))
+                self._send(200, "text/html; charset=utf-8", page)
 
         def _send(self, status: int, content_type: str, body: str) -> None:
             payload = body.encode()
