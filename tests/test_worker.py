@@ -32,6 +32,7 @@ from eventpipe.testing import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+ACTIVE = {"SCHEDULED", "PENDING", "RUNNING", "CANCELLING"}
 PIPELINE = """
 import pandas as pd
 from eventpipe import Pipeline
@@ -116,7 +117,7 @@ def revenue(data: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)  # ~2 min on an idle 2-core machine; far more when it is shared
 def test_prefect_deploy_and_a_process_worker_run_what_the_watcher_records(
     tmp_path: Path,
 ) -> None:
@@ -200,11 +201,9 @@ def test_prefect_deploy_and_a_process_worker_run_what_the_watcher_records(
 
             drop_file(inbox, "orders-1.csv", "order_id,day,amount\n1,2026-03-01,10.5\n")
             drop_file(inbox, "orders-2.csv", "order_id,day,amount\n2,2026-03-01,4.5\n")
-            wait_for(lambda: all_done(data, 2), 90, 0.2, what="two files done by the worker")
-            phase("two files done")
             drop_file(inbox, "2026/orders-3.csv", "order_id,day,amount\n3,2026-03-02,7.0\n")
-            wait_for(lambda: all_done(data, 3), 90, 0.2, what="the third file done")
-            phase("third file done")
+            wait_for(lambda: all_done(data, 3), 300, 0.2, what="the files done by the worker")
+            phase("three files done")
             wait_for(
                 lambda: revenue(data) == {"2026-03-01": 15.0, "2026-03-02": 7.0},
                 30,
@@ -218,20 +217,31 @@ def test_prefect_deploy_and_a_process_worker_run_what_the_watcher_records(
                 demo = client.get("/deployments/name/materialize/demo").raise_for_status()
                 assert demo.json()["work_pool_name"] == "eventpipe"  # the file deployed as is
                 assert demo.json()["parameters"]["data"] == str(data)
-                for run_id in {r.run_id for r in rows}:
 
-                    def run(run_id: str = str(run_id)) -> dict[str, Any]:
-                        found: dict[str, Any] = client.get(f"/flow_runs/{run_id}").json()
-                        return found
+                def runs() -> list[dict[str, Any]]:
+                    body = {"deployments": {"id": {"any_": [sales.json()["id"]]}}}
+                    found: list[dict[str, Any]] = (
+                        client.post("/flow_runs/filter", json=body).raise_for_status().json()
+                    )
+                    return found
 
-                    # The flow body finishes its files a moment before the run is Completed.
-                    wait_for(lambda run=run: run()["state_type"] != "RUNNING", 60, 0.2)
-                    assert run()["deployment_id"] == sales.json()["id"]
-                    assert run()["work_pool_name"] == "eventpipe"
-                    assert run()["state_type"] == "COMPLETED"
+                # Every run the files woke is over (one may have found nothing left to claim),
+                # and each completed on the worker.
+                wait_for(
+                    lambda: all(r["state_type"] not in ACTIVE for r in runs()),
+                    300,
+                    0.5,
+                    what="the deployment's runs to finish",
+                )
+                phase("runs finished")
+                by_id = {r["id"]: r for r in runs()}
+                assert {r.run_id for r in rows} <= by_id.keys()
+                for run in by_id.values():
+                    assert run["work_pool_name"] == "eventpipe"
+                    assert run["state_type"] == "COMPLETED", run["state"]
             # The watcher executed no run; the worker did.
             assert "run " not in up.output().split("eventpipe is up", 1)[1]
-            assert "Completed" in worker.output() or "completed" in worker.output().lower()
+            assert "Beginning flow run" in worker.output()
 
             # Lineage in Prefect's own asset events: raw -> processed -> analytics.
             keys = {
