@@ -262,5 +262,5 @@ def test_prefect_deploy_and_a_process_worker_run_what_the_watcher_records(
                 assert password not in log.read_text(errors="replace")
         finally:
             for process in reversed(processes):
-                process.stop()
+                process.stop(timeout=20)  # a worker may hang on SIGINT: then SIGKILL
             server.stop()

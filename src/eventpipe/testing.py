@@ -157,6 +157,19 @@ def read_events(
     return out
 
 
+def _postgres_binary(name: str) -> str | None:
+    """``name`` on PATH, else from Debian's ``postgresql`` package (newest major version)."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    packaged = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+    )
+    return str(packaged[-1]) if packaged else None
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL (the machine's ``initdb``/``pg_ctl``) on 127.0.0.1 and a free port,
@@ -170,9 +183,8 @@ def postgres_server() -> Iterator[str]:
     import shutil
     import subprocess
 
-    initdb = shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl")
-    if initdb is None or pg_ctl is None:
+    initdb, pg_ctl, createdb = (_postgres_binary(n) for n in ("initdb", "pg_ctl", "createdb"))
+    if initdb is None or pg_ctl is None or createdb is None:
         raise RuntimeError("PostgreSQL's initdb/pg_ctl are not on PATH; install PostgreSQL")
     base = Path(tempfile.mkdtemp(prefix="eventpipe-pg-"))  # the postgres user must reach it
     as_root = os.geteuid() == 0
@@ -224,7 +236,7 @@ def postgres_server() -> Iterator[str]:
         created = subprocess.run(
             [
                 *prefix,
-                "createdb",
+                createdb,
                 "-h",
                 "127.0.0.1",
                 "-p",
