@@ -616,7 +616,7 @@ def main() -> None:
     server = configure_prefect_env(root)
     samples = make_samples(root / "staging", args.drops)
     started = time.monotonic()
-    server.start()
+    server.start(timeout=300)  # a shared, busy machine can take minutes
     print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
     try:
         runs = {"eventpipe": run_eventpipe(root, server.api_url, samples, args.seed, args.trace)}

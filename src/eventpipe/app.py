@@ -91,6 +91,7 @@ class LocalLoop:
         self.ledger: Ledger | None = None
         self.deployment_id: UUID | None = None
         self.work_pool: str | None = None
+        self._told_no_deployment = False
         """With ``runs = "worker"``: the work pool whose workers execute the runs."""
         self._pump: OutboxPump | None = None
         self._runner: PushRunner | None = None
@@ -185,6 +186,9 @@ class LocalLoop:
         assert self.pipeline is not None
         found = find_deployment(self.pipeline.name)
         if found is None:
+            if self._told_no_deployment:
+                return
+            self._told_no_deployment = True
             log.warning(
                 "no deployment materialize/%s on the server yet: run `prefect deploy` (see"
                 " prefect.yaml); files are recorded and wait for it",
