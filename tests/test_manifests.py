@@ -128,12 +128,14 @@ def test_worker_and_watcher_share_the_data_volume_where_the_deployments_write() 
     specs = pod_specs()
     config = by_kind("ConfigMap")["eventpipe-config"]["data"]
 
-    def data_mount(workload: str) -> dict[str, Any]:
-        mounts = walk(specs[workload], "volumeMounts")[0]
-        return next(m for m in mounts if m["mountPath"] == config["EVENTPIPE_DATA"])
+    def data_mount(workload: str) -> str:
+        """Where the workload mounts the shared claim, checked to hold the data dir."""
+        (mount,) = walk(specs[workload], "volumeMounts")[0]
+        assert config["EVENTPIPE_DATA"].startswith(mount["mountPath"] + "/"), workload
+        assert config["EVENTPIPE_INBOX"].startswith(mount["mountPath"] + "/"), workload
+        return str(mount["mountPath"])
 
-    worker, watcher = data_mount("eventpipe-worker"), data_mount("eventpipe-watcher")
-    assert worker["subPath"] == watcher["subPath"]
+    assert data_mount("eventpipe-worker") == data_mount("eventpipe-watcher")
     claims = {w: walk(specs[w], "claimName") for w in ("eventpipe-worker", "eventpipe-watcher")}
     assert claims["eventpipe-worker"] == claims["eventpipe-watcher"] == ["eventpipe-data"]
     # A ReadWriteOnce claim and SQLite: the worker runs on the watcher's node.
