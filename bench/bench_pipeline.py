@@ -18,3 +18,6 @@ def make(name: str) -> Pipeline:
 
 fast = make("bench_fast")
 base = make("bench_base")
+# The production topology's paths (`prefect deploy` + a process worker): tuned and defaults.
+worker = make("bench_worker")
+worker_defaults = make("bench_wdef")

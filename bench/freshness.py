@@ -8,7 +8,13 @@ files; they differ only in how the triggered run is picked up and executed:
 * eventpipe, S3: the same, watching a bucket on a ``moto_server`` through SQS notifications;
 * baseline: ``materialize_pipeline.serve(...)`` in a subprocess with Prefect's defaults (a
   runner polling every 10 s, each run in a fresh interpreter). The benchmark records the file
-  and sends its landed event itself, as eventpipe's watcher would.
+  and sends its landed event itself, as eventpipe's watcher would;
+* worker: the production topology: the flow deployed with the real ``prefect deploy`` (a
+  prefect.yaml like the repository's) on a process work pool, ``prefect worker start``
+  executing the runs and ``eventpipe up --runs worker`` watching the folder; once with
+  ``PREFECT_WORKER_QUERY_SECONDS=1 --prefetch-seconds 0``, once with the worker's defaults.
+
+The server is Prefect's default SQLite database (a private PREFECT_HOME), for every path.
 
     .venv/bin/python bench/freshness.py [--drops 30]
 """
@@ -46,7 +52,7 @@ from eventpipe.ledger import Ledger
 from eventpipe.models import Landed
 from eventpipe.pipeline import load_pipeline
 from eventpipe.storage import Storage, file_digest
-from eventpipe.testing import configure_prefect_env, drop_file, moto_s3, upload
+from eventpipe.testing import Background, configure_prefect_env, drop_file, moto_s3, upload
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -178,6 +184,7 @@ def run_eventpipe(
     label: str = "eventpipe",
     source: list[str] | None = None,
     dropper: Callable[[Path], Dropper] | None = None,
+    spec: str = f"{PIPELINE_FILE}:fast",
 ) -> list[Drop]:
     """``eventpipe up`` in its own process, as users run it: the benchmark's polling for fresh
     outputs then competes with it for the CPU, not for its interpreter's lock. ``source``
@@ -190,7 +197,7 @@ def run_eventpipe(
         "eventpipe.cli",
         "up",
         "--pipeline",
-        f"{PIPELINE_FILE}:fast",
+        spec,
         "--inbox",
         str(inbox),
         "--data",
@@ -209,7 +216,7 @@ def run_eventpipe(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"eventpipe up did not start; see {log}")
             time.sleep(0.1)
-        outputs = analytics_outputs(f"{PIPELINE_FILE}:fast", data)
+        outputs = analytics_outputs(spec, data)
 
         def drop(name: str, content: bytes) -> None:
             drop_file(inbox, name, content)
@@ -247,6 +254,73 @@ def run_bucket(
             return put
 
         return run_eventpipe(root, api_url, samples, seed, trace, "s3 bucket", flags, dropper)
+
+
+# -- the production topology: prefect deploy + a process worker ------------------------------
+
+
+def worker_project(project: Path, pipeline: str, pool: str) -> None:
+    """A project whose prefect.yaml is the repository's, its one deployment pointed at the
+    benchmark's pipeline ``pipeline`` (an attribute of bench_pipeline.py) and work pool."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    block = config["deployments"][0]
+    spec = f"{PIPELINE_FILE}:{pipeline}"
+    name = load_pipeline(spec).name
+    block.update(name=name, tags=["eventpipe", f"eventpipe:{name}"])
+    block["parameters"]["pipeline"] = spec
+    block["work_pool"]["name"] = pool
+    block["triggers"][0]["match"]["eventpipe.pipeline"] = name
+    config["deployments"] = [block]
+    project.mkdir(parents=True)
+    (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def run_worker(
+    root: Path, api_url: str, samples: list[Sample], seed: int, trace: bool, tuned: bool
+) -> list[Drop]:
+    """``prefect deploy`` + ``prefect worker start`` + ``eventpipe up --runs worker``."""
+    label = "worker" if tuned else "worker defaults"
+    tag = label.replace(" ", "-")
+    pipeline = "worker" if tuned else "worker_defaults"
+    pool = f"bench-{tag}"
+    project, data = root / f"{tag}-project", root / f"{tag}-data"
+    worker_project(project, pipeline, pool)
+    env = {**os.environ, "EVENTPIPE_DATA": str(data), "EVENTPIPE_PROJECT_DIR": str(project)}
+    for argv in (
+        ["work-pool", "create", pool, "--type", "process"],
+        ["--no-prompt", "deploy", "--all"],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "prefect", *argv],
+            cwd=project,
+            env=env,
+            check=True,
+            capture_output=not trace,
+            timeout=300,
+        )
+    flags = ["--prefetch-seconds", "0"] if tuned else []
+    worker = Background(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, *flags],
+        root / f"{tag}.log",
+        env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"} if tuned else env,
+        cwd=root,
+    )
+    try:
+        worker.start().wait_for_output("started!", 120)
+        return run_eventpipe(
+            root,
+            api_url,
+            samples,
+            seed,
+            trace,
+            label,
+            ["--runs", "worker"],
+            spec=f"{PIPELINE_FILE}:{pipeline}",
+        )
+    finally:
+        worker.stop(timeout=20)
 
 
 # -- baseline: Prefect's serve with its defaults -------------------------------------------------
@@ -467,7 +541,8 @@ def write_results(
     speedup: float | None,
     code_at_start: dict[str, Any],
 ) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    output: Path = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "measure": "seconds from just before a file is written into the inbox (or PUT into "
         "the bucket) until every "
@@ -482,6 +557,7 @@ def write_results(
         },
         "summary": {r.path: asdict(r) for r in rows},
         "ratio_p50": speedup,
+        "server_database": "sqlite (Prefect's default, private PREFECT_HOME)",
         "s3_minus_folder_p50": (
             runs_p50(rows, "S3") - runs_p50(rows, "push runner")
             if "s3" in runs and runs_p50(rows, "S3") and runs_p50(rows, "push runner")
@@ -494,8 +570,8 @@ def write_results(
         "code_changed_during_run": code_at_start["git"] != git_state(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    RESULTS.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    output.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
     if body["code_changed_during_run"]:
         print("warning: the working tree changed during the run; the paths measured different code")
 
@@ -519,6 +595,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-s3", action="store_true", help="skip the S3 bucket source (moto_server)"
     )
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="skip the prefect deploy + process worker paths (tuned and defaults)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS})"
+    )
     return parser.parse_args()
 
 
@@ -532,12 +616,15 @@ def main() -> None:
     server = configure_prefect_env(root)
     samples = make_samples(root / "staging", args.drops)
     started = time.monotonic()
-    server.start()
+    server.start(timeout=300)  # a shared, busy machine can take minutes
     print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
     try:
         runs = {"eventpipe": run_eventpipe(root, server.api_url, samples, args.seed, args.trace)}
         if not args.no_s3:
             runs["s3"] = run_bucket(root, server.api_url, samples, args.seed, args.trace)
+        if not args.no_worker:
+            for tuned, key in ((True, "worker"), (False, "worker_defaults")):
+                runs[key] = run_worker(root, server.api_url, samples, args.seed, args.trace, tuned)
         if not args.eventpipe_only:
             runs["baseline"] = run_baseline(root, samples, args.seed)
     finally:
@@ -547,6 +634,9 @@ def main() -> None:
     rows = [summarize("eventpipe (push runner)", runs["eventpipe"])]
     if "s3" in runs:
         rows.append(summarize("eventpipe, S3 bucket (moto)", runs["s3"]))
+    if "worker" in runs:
+        rows.append(summarize("worker (query 1 s, prefetch 0)", runs["worker"]))
+        rows.append(summarize("worker (defaults)", runs["worker_defaults"]))
     if args.eventpipe_only:
         print_table(rows, None)
         return

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from eventpipe.exceptions import ConfigError
 from eventpipe.keys import asset_key
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.models import Landed
@@ -89,6 +90,9 @@ class LocalLoop:
         self.pipeline: Pipeline | None = None
         self.ledger: Ledger | None = None
         self.deployment_id: UUID | None = None
+        self.work_pool: str | None = None
+        self._told_no_deployment = False
+        """With ``runs = "worker"``: the work pool whose workers execute the runs."""
         self._pump: OutboxPump | None = None
         self._runner: PushRunner | None = None
         self._source: FolderSource | BucketSource | None = None
@@ -109,8 +113,18 @@ class LocalLoop:
     def data(self) -> Path:
         return self.settings.data
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether this process executes the runs (else Prefect workers do)."""
+        return self.settings.runs == "here"
+
     def start(self, *, watch: bool = True) -> LocalLoop:
         s = self.settings
+        if not self.runs_here and not s.api_url:
+            raise ConfigError(
+                "--runs worker needs --api-url: the Prefect server that `prefect deploy` and the"
+                " workers use (e.g. http://prefect:4200/api)"
+            )
         self.server = configure_api(s)
         self.pipeline = load_pipeline(self.spec)
         if self.server is not None:
@@ -119,10 +133,18 @@ class LocalLoop:
         from eventpipe.events import EventSender, OutboxPump
         from eventpipe.runner import PushRunner, crash_orphaned_runs
 
-        flows.warm_up(self.spec)
         s.data.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(s.data / "ledger.sqlite")
         self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
+        if not self.runs_here:
+            # Workers execute the runs of the deployment `prefect deploy` made: watch, record
+            # and send events; never register, claim, execute or crash a run.
+            self._look_up_deployment()
+            self._tend_for_workers(starting=True)
+            self.apply_automations()
+            self._start_watching(watch)
+            return self
+        flows.warm_up(self.spec)
         self.deployment_id = deploy.register(self.pipeline, self.spec, s.data, s.publish_options())
         self.apply_automations()
         crashed = crash_orphaned_runs(self.deployment_id)
@@ -141,6 +163,11 @@ class LocalLoop:
         ).start()
         if self.ledger.counts(self.pipeline.name).keys() & {"landed", "sent"}:
             self.kick()
+        self._start_watching(watch)
+        return self
+
+    def _start_watching(self, watch: bool) -> None:
+        s = self.settings
         if watch:
             self._source = self._bucket_source() if s.watches_bucket else self._folder_source()
             self._watch_thread = threading.Thread(
@@ -150,7 +177,61 @@ class LocalLoop:
             self._source.ready.wait(60)
         threading.Thread(target=self._watch_code, name="eventpipe-code", daemon=True).start()
         threading.Thread(target=self._tend, name="eventpipe-tend", daemon=True).start()
-        return self
+
+    def _look_up_deployment(self) -> None:
+        """Find the deployment `prefect deploy` registered; say what is wrong with it, if
+        anything. Until it exists, files are recorded and wait."""
+        from eventpipe.workers import deployment_problems, find_deployment
+
+        assert self.pipeline is not None
+        found = find_deployment(self.pipeline.name)
+        if found is None:
+            if self._told_no_deployment:
+                return
+            self._told_no_deployment = True
+            log.warning(
+                "no deployment materialize/%s on the server yet: run `prefect deploy` (see"
+                " prefect.yaml); files are recorded and wait for it",
+                self.pipeline.name,
+            )
+            return
+        self.deployment_id, self.work_pool = found.id, found.work_pool_name
+        for problem in deployment_problems(found, self.pipeline.name, self.settings.data):
+            log.warning("deployment materialize/%s: %s", self.pipeline.name, problem)
+
+    def _tend_for_workers(self, *, starting: bool = False) -> None:
+        """The janitor when workers execute the runs. It never touches a run: files a run
+        claimed go back to pending only once that run is over (Crashed, Failed, Cancelled, or
+        gone from the server), and a run is requested only when files have waited a whole
+        sweep (or are found on start) and no run of the deployment is scheduled, pending or
+        running."""
+        from eventpipe.workers import finished_runs, has_active_run
+
+        assert self.ledger is not None
+        assert self.pipeline is not None
+        name = self.pipeline.name
+        if self.deployment_id is None:
+            self._look_up_deployment()
+        claimed = {
+            f.run_id for f in self.ledger.files(name) if f.state == "processing" and f.run_id
+        }
+        if claimed:
+            over = finished_runs(claimed)
+            reclaimed = self.ledger.reclaim_stale(name, live_run_ids=claimed - over)
+            if reclaimed:
+                log.warning(
+                    "%d file(s) claimed by run(s) that ended without finishing them: retried",
+                    reclaimed,
+                )
+        oldest = self.ledger.oldest_pending(name)
+        if (
+            oldest is not None
+            and self.deployment_id is not None
+            and (starting or time.time() - oldest > self.settings.sweep_seconds)
+            and not has_active_run(self.deployment_id)
+        ):
+            log.warning("files wait with no run coming; requesting one")
+            self.kick()
 
     def _tend(self) -> None:
         """Every sweep, while no run executes here (runs of this deployment execute only in
@@ -161,9 +242,16 @@ class LocalLoop:
 
         assert self.ledger is not None
         assert self.pipeline is not None
-        assert self.deployment_id is not None
         every = self.settings.sweep_seconds
         while not self._stop.wait(every):
+            if not self.runs_here:
+                try:
+                    self._report_stale()
+                    self._tend_for_workers()
+                except Exception as exc:  # the server is away: the next sweep tries again
+                    log.debug("tending skipped: %s", exc)
+                continue
+            assert self.deployment_id is not None
             runner = self._runner
             if runner is None or runner.paused:
                 continue
@@ -228,10 +316,12 @@ class LocalLoop:
 
         s = self.settings
         assert self.pipeline is not None
-        assert self.deployment_id is not None
         block_id = automations.notification_block(s.notify_block, s.notify_webhook)
         if block_id is None:
             log.info("no notify_webhook or notify_block set: automations not created")
+            return []
+        if self.deployment_id is None:  # workers: `prefect deploy` has not run yet
+            log.warning("automations not created: the deployment does not exist yet")
             return []
         done = automations.apply(self.pipeline.name, self.deployment_id, block_id, s.stale_minutes)
         for name, what in done:
@@ -308,7 +398,8 @@ class LocalLoop:
         """Start a run now (pending work found on start, ``eventpipe retry``)."""
         from prefect.client.orchestration import get_client
 
-        assert self.deployment_id is not None
+        if self.deployment_id is None:  # workers: `prefect deploy` has not run yet
+            return
         with get_client(sync_client=True) as client:
             client.create_flow_run_from_deployment(self.deployment_id)
 
@@ -380,7 +471,9 @@ class LocalLoop:
             # A bucket source may sit in a long poll; what it takes after this is durable in
             # the ledger and its message is redelivered if not yet deleted.
             self._watch_thread.join(2 if self.settings.watches_bucket else 10)
-        if self.deployment_id is not None:
+        if self.deployment_id is not None and self.runs_here:
+            # With workers the deployment is `prefect deploy`'s, shared with other watchers
+            # and runs by other workers: it stays as it is.
             try:
                 from eventpipe import deploy
 

@@ -56,10 +56,12 @@ def up(
     notify_webhook: str | None = None,
     notify_block: str | None = None,
     stale_minutes: float | None = None,
+    runs: Literal["here", "worker"] | None = None,
     verbose: Annotated[bool, Parameter(negative=())] = False,
 ) -> None:
     """Start the loop: embedded Prefect server (unless --api-url), the pipeline's deployment and
-    trigger, the runner and the inbox watcher. Ctrl-C stops it all.
+    trigger, the runner and the inbox watcher. Ctrl-C stops it all. With --runs worker it only
+    watches, records and sends events; Prefect workers run the deployment `prefect deploy` made.
 
     Parameters
     ----------
@@ -95,6 +97,10 @@ def up(
         Page through this saved Prefect notification block instead ('slug/name').
     stale_minutes
         An analytics asset this much older than the files that landed is stale (default 60).
+    runs
+        Who executes the runs: 'here' (default: this process, warm, within a second) or
+        'worker' (Prefect workers of the deployment's work pool; needs --api-url and
+        `prefect deploy`, see prefect.yaml).
     verbose
         Log debug details.
     """
@@ -115,6 +121,7 @@ def up(
         notify_webhook=notify_webhook,
         notify_block=notify_block,
         stale_minutes=stale_minutes,
+        runs=runs,
     )
     from eventpipe.app import LocalLoop
 
@@ -157,10 +164,19 @@ def up(
         if s.watches_bucket
         else f"inbox        {s.inbox}  (drop .csv .csv.gz .json .jsonl .parquet files)"
     )
+    if loop.runs_here:
+        runs_line = f"{ui}/deployments/deployment/{loop.deployment_id}"
+    elif loop.deployment_id is None:
+        runs_line = "none yet: `prefect deploy` the deployment (see prefect.yaml), start a worker"
+    else:
+        runs_line = (
+            f"{ui}/deployments/deployment/{loop.deployment_id}  (executed by workers of work"
+            f" pool {loop.work_pool}: prefect worker start --pool {loop.work_pool})"
+        )
     console.print(
         f"\n[bold]eventpipe is up[/]\n"
         f"  Prefect UI   {ui}\n"
-        f"  runs         {ui}/deployments/deployment/{loop.deployment_id}\n"
+        f"  runs         {runs_line}\n"
         f"  events       {ui}/events\n"
         f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
         f"  {watched}\n"
@@ -182,7 +198,11 @@ def up(
         while not stop.wait(0.5):
             pass
     finally:
-        console.print("stopping: pausing the deployment, finishing the current run …")
+        console.print(
+            "stopping: pausing the deployment, finishing the current run …"
+            if loop.runs_here
+            else "stopping: delivering queued events (the deployment and its workers stay) …"
+        )
         loop.stop()
         console.print("stopped.")
 

@@ -44,10 +44,15 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         log_file: Path | None = None,
         env: dict[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.home = home
-        self.env = env or {}
+        self.env = dict(env or {})
         """Extra environment of the server process (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
+        if database_url:
+            # SQLAlchemy URL of the server's database, e.g. PostgreSQL through asyncpg
+            # (postgresql+asyncpg://user:password@host:5432/db); default: SQLite in home.
+            self.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
         self.port = port or free_port()
         self.host = host
         self.log_file = log_file or home / "server.log"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import (
@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(1 << 30, gt=0, description="Larger files are rejected.")
     rescan_seconds: float = Field(
         30.0, gt=0, description="How often the inbox is rescanned for files the watcher missed."
+    )
+    runs: Literal["here", "worker"] = Field(
+        "here",
+        description="Who executes the deployment's runs: 'here' (this process's push runner,"
+        " which registers the deployment) or 'worker' (a Prefect worker; the deployment comes"
+        " from `prefect deploy`, this process only watches, records and sends events).",
     )
     sweep_seconds: float = Field(
         30.0,

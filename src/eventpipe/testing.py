@@ -7,7 +7,11 @@ hook is the place), then start the server with :func:`prefect_server`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -153,6 +157,19 @@ def read_events(
     return out
 
 
+def _postgres_binary(name: str) -> str | None:
+    """``name`` on PATH, else from Debian's ``postgresql`` package (newest major version)."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    packaged = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+    )
+    return str(packaged[-1]) if packaged else None
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL (the machine's ``initdb``/``pg_ctl``) on 127.0.0.1 and a free port,
@@ -166,9 +183,8 @@ def postgres_server() -> Iterator[str]:
     import shutil
     import subprocess
 
-    initdb = shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl")
-    if initdb is None or pg_ctl is None:
+    initdb, pg_ctl, createdb = (_postgres_binary(n) for n in ("initdb", "pg_ctl", "createdb"))
+    if initdb is None or pg_ctl is None or createdb is None:
         raise RuntimeError("PostgreSQL's initdb/pg_ctl are not on PATH; install PostgreSQL")
     base = Path(tempfile.mkdtemp(prefix="eventpipe-pg-"))  # the postgres user must reach it
     as_root = os.geteuid() == 0
@@ -220,7 +236,7 @@ def postgres_server() -> Iterator[str]:
         created = subprocess.run(
             [
                 *prefix,
-                "createdb",
+                createdb,
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -241,3 +257,117 @@ def postgres_server() -> Iterator[str]:
     finally:
         run(pg_ctl, "--pgdata", str(cluster), "--mode", "fast", "--wait", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a child that talks to the Prefect server at ``api_url``
+    with its own ``PREFECT_HOME``: every other ``PREFECT_*`` variable is dropped, so the child
+    does not inherit this process's server or settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+    )
+    env.update(extra)
+    return env
+
+
+class Background:
+    """A command in its own session, its output appended to ``log``: stopped with everything it
+    started (a worker's flow runs, ``eventpipe up``'s children)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.argv = argv
+        self.log = log
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Background:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_output(self, text: str, timeout: float = 120.0, count: int = 1) -> None:
+        """Wait until ``text`` appeared ``count`` times in the log; fail early if it exits."""
+
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.argv[:4]} exited with code {self.proc.returncode}:\n"
+                    + self.output()[-3000:]
+                )
+            return self.output().count(text) >= count
+
+        try:
+            wait_for(seen, timeout, 0.1, what=f"{text!r} from {' '.join(self.argv[:4])}")
+        except TimeoutError:
+            print(self.output()[-5000:])  # what it was doing
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> int | None:
+        """Send ``sig`` to its process group, wait, SIGKILL after ``timeout``; the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            except ProcessLookupError:
+                pass
+        _kill_group(proc.pid)  # what it started and left behind
+        return proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL, 10)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def eventpipe_up(
+    *flags: str, root: Path, api_url: str, env: dict[str, str] | None = None
+) -> Background:
+    """``eventpipe up FLAGS --api-url API_URL`` started in ``root`` (log ``root/up.log``, client
+    home ``root/client-home``) and running: its "eventpipe is up" was printed."""
+    up = Background(
+        [sys.executable, "-m", "eventpipe.cli", "up", *flags, "--api-url", api_url],
+        root / "up.log",
+        env={**client_env(api_url, root / "client-home"), **(env or {})},
+        cwd=root,
+    )
+    up.start().wait_for_output("eventpipe is up", 240)
+    return up
