@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="eventpipe-throughput-")).resolve()
     # Before Prefect is imported: it reads its settings from the environment at import.
     server = configure_prefect_env(root)
-    server.start()
+    server.start(timeout=300)  # a first start on a busy 2-core machine can take minutes
     try:
         with runner_like():
             measured = measure(csv, root, reps)
