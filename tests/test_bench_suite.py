@@ -85,7 +85,12 @@ def test_the_throughput_script_runs_under_the_suite_contract() -> None:
     assert outcome.status == "ok", outcome.note
     assert result is not None
     assert result["name"] == "throughput"
-    assert set(result["rows_per_second"]) == {"duckdb", "read_transform_write", "flow_run"}
+    assert set(result["rows_per_second"]) == {
+        "duckdb",
+        "duckdb_1_thread",
+        "read_transform_write",
+        "flow_run",
+    }
     rows = suite.rows_for("throughput", result, "this run")
     assert rows[0].number == "4"
     assert "x DuckDB" in rows[0].value
