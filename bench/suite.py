@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -92,6 +92,8 @@ class Row:
     met: bool | None
     source: str
     """"this run", "bench/results/<name>.json of <date>", or why there is no value."""
+    measured: str = "—"
+    """The day the value was measured."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ def freshness_rows(result: Mapping[str, Any], source: str) -> list[Row]:
             goal = f"p50 below Prefect defaults' ({base_p50:.1f} s)" if base_p50 else "-"
             met = p50 < base_p50 if p50 is not None and base_p50 else None
         rows.append(Row("1", f"freshness p50 / p95, {label}", value, goal, met, source))
+    if not any("worker" in path for path in summary):  # its path is being added
+        at = next((i for i, r in enumerate(rows) if "Prefect defaults" in r.figure), len(rows))
+        worker = Row("1", "freshness p50 / p95, worker path", "—", rows[0].goal, None, source)
+        rows.insert(at, worker)
     ratio = result.get("ratio_p50")
     if isinstance(ratio, int | float):
         rows.append(
@@ -216,7 +222,10 @@ def rows_for(name: str, result: Mapping[str, Any] | None, source: str) -> list[R
             value = f"see bench/results/{name}.json"
             rows = [Row(NUMBERS[name], figure, value, goal, result["met"], source)]
         if rows:
-            return rows
+            day = result_date(result)
+            if day == "an earlier run":
+                day = datetime.now(UTC).date().isoformat() if source == "this run" else "—"
+            return [replace(r, measured=day) if r.value != "—" else r for r in rows]
         source = f"{source}; no figures in its result"
     return [Row(NUMBERS[name], f, "—", goal, None, source) for f, goal in PLACEHOLDERS[name]]
 
@@ -249,13 +258,16 @@ def markdown_table(rows: list[Row]) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| # | figure | value | goal | met? |", "| --- | --- | --- | --- | :---: |"]
+    lines = [
+        "| # | figure | value | goal | met? | measured |",
+        "| --- | --- | --- | --- | :---: | --- |",
+    ]
     for row in rows:
         value = row.value if row.value != "-" else "—"
         goal = row.goal if row.goal != "-" else "—"
         lines.append(
             f"| {row.number} | {cell(row.figure)} | {cell(value)} | {cell(goal)} "
-            f"| {met_text(row.met)} |"
+            f"| {met_text(row.met)} | {row.measured} |"
         )
     return "\n".join(lines)
 
@@ -271,6 +283,19 @@ def text_table(rows: list[Row]) -> str:
             f"{r.number:<2} {r.figure:<{width}}  {r.value:<{value_width}}  {met:<5} {r.goal}"
         )
     return "\n".join(lines)
+
+
+README_BEGIN = "<!-- bench-table: written by `bench/suite.py --markdown --readme` -->"
+README_END = "<!-- /bench-table -->"
+
+
+def with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between its bench-table marks replaced by ``table``."""
+    head, begin, rest = readme.partition(README_BEGIN)
+    _, end, tail = rest.partition(README_END)
+    if not begin or not end:
+        raise SystemExit(f"README.md has no {README_BEGIN} ... {README_END} block")
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -318,6 +343,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run nothing: print the README table from bench/results/*.json",
     )
     parser.add_argument("--no-plot", action="store_true", help="don't render the plot")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="with --markdown: also put the table into README.md between its bench-table marks",
+    )
     return parser.parse_args(argv)
 
 
@@ -328,6 +358,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.markdown:
         rows = collect({}, {})
         print(markdown_table(rows))
+        if args.readme:
+            readme = REPO / "README.md"
+            readme.write_text(
+                with_table(readme.read_text(encoding="utf-8"), markdown_table(rows)),
+                encoding="utf-8",
+            )
+            print(f"updated {readme}")
         return {"name": "suite", "rows": [asdict(r) for r in rows]}
 
     started = time.monotonic()

@@ -18,7 +18,8 @@ def test_a_scripts_figures_become_rows() -> None:
         "figures": [
             {"figure": "throughput", "value": "1.2 M rows/s", "goal": ">= 0.5x", "met": True},
             {"figure": "pure", "value": "2 M rows/s", "goal": ">= 0.5x", "met": "maybe"},
-        ]
+        ],
+        "date": "2026-11-26T01:00:00+00:00",
     }
 
     rows = suite.rows_for("throughput", result, "this run")
@@ -27,6 +28,7 @@ def test_a_scripts_figures_become_rows() -> None:
         ("4", "throughput", "1.2 M rows/s", True, "this run"),
         ("4", "pure", "2 M rows/s", None, "this run"),
     ]
+    assert {r.measured for r in rows} == {"2026-11-26"}
 
 
 def test_freshness_rows_compare_each_path_with_prefect_defaults() -> None:
@@ -44,6 +46,7 @@ def test_freshness_rows_compare_each_path_with_prefect_defaults() -> None:
     assert [(r.figure, r.value, r.met) for r in rows] == [
         ("freshness p50 / p95, folder (`eventpipe up`)", "0.50 s / 2.00 s", True),
         ("freshness p50 / p95, S3 bucket (`eventpipe up`, SQS)", "12.00 s / 13.00 s", False),
+        ("freshness p50 / p95, worker path", "—", None),
         ("freshness p50 / p95, Prefect defaults (`flow.serve`)", "11.00 s / 19.00 s", None),
         ("freshness: Prefect defaults' p50 / folder p50", "22.0x", None),
     ]
@@ -56,10 +59,10 @@ def test_markdown_table_escapes_cells_and_marks_misses() -> None:
     ]
 
     assert suite.markdown_table(rows).splitlines() == [
-        "| # | figure | value | goal | met? |",
-        "| --- | --- | --- | --- | :---: |",
-        "| 4 | a \\| b | 1 | >= 2 | **no** |",
-        "| 6 | idle | — | — | — |",
+        "| # | figure | value | goal | met? | measured |",
+        "| --- | --- | --- | --- | :---: | --- |",
+        "| 4 | a \\| b | 1 | >= 2 | **no** | — |",
+        "| 6 | idle | — | — | — | — |",
     ]
 
 
@@ -94,3 +97,11 @@ def test_the_throughput_script_runs_under_the_suite_contract() -> None:
     rows = suite.rows_for("throughput", result, "this run")
     assert rows[0].number == "4"
     assert "x DuckDB" in rows[0].value
+
+
+def test_the_readme_table_is_replaced_between_its_marks() -> None:
+    readme = f"intro\n{suite.README_BEGIN}\n| old |\n{suite.README_END}\nrest\n"
+
+    assert suite.with_table(readme, "| new |") == (
+        f"intro\n{suite.README_BEGIN}\n| new |\n{suite.README_END}\nrest\n"
+    )
