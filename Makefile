@@ -23,5 +23,7 @@ lint: .venv/.synced
 test: lint
 	.venv/bin/pytest
 
+# Every benchmark in one run, then the results table (bench/results/suite.json):
+# `make bench BENCH_ARGS=--quick` for a short run, BENCH_ARGS="--only throughput,idle" for some.
 bench: .venv/.synced
-	.venv/bin/python bench/freshness.py
+	.venv/bin/python bench/suite.py $(BENCH_ARGS)

@@ -16,7 +16,7 @@ files; they differ only in how the triggered run is picked up and executed:
 
 The server is Prefect's default SQLite database (a private PREFECT_HOME), for every path.
 
-    .venv/bin/python bench/freshness.py [--drops 30]
+    .venv/bin/python bench/freshness.py [--quick] [--drops 30]
 """
 
 from __future__ import annotations
@@ -540,7 +540,7 @@ def write_results(
     rows: list[Summary],
     speedup: float | None,
     code_at_start: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
     output: Path = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     body = {
@@ -574,14 +574,16 @@ def write_results(
     print(f"wrote {output}")
     if body["code_changed_during_run"]:
         print("warning: the working tree changed during the run; the paths measured different code")
+    return body
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drops", type=int, default=30, help="files dropped per path")
+    parser.add_argument("--drops", type=int, default=None, help="files dropped per path (30)")
+    parser.add_argument("--quick", action="store_true", help="8 drops per path instead of 30")
     parser.add_argument("--seed", type=int, default=7, help="seed of the gaps between drops")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     parser.add_argument(
@@ -603,11 +605,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS})"
     )
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.drops = args.drops or (8 if args.quick else 30)
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    """The suite's contract: ``--quick``, writes bench/results/freshness.json, returns it."""
+    args = parse_args(argv)
 
     code_at_start = {"git": git_state(), "loadavg_1m": os.getloadavg()[0]}
     root = Path(tempfile.mkdtemp(prefix="eventpipe-bench-")).resolve()
@@ -639,11 +644,11 @@ def main() -> None:
         rows.append(summarize("worker (defaults)", runs["worker_defaults"]))
     if args.eventpipe_only:
         print_table(rows, None)
-        return
+        return {"name": "freshness", "summary": {r.path: asdict(r) for r in rows}}
     rows.append(summarize("baseline (serve, defaults)", runs["baseline"]))
     speedup = ratio(rows[-1], rows[0])
     print_table(rows, speedup)
-    write_results(args, runs, rows, speedup, code_at_start)
+    return write_results(args, runs, rows, speedup, code_at_start)
 
 
 if __name__ == "__main__":
