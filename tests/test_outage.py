@@ -5,8 +5,6 @@ shared server should."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from eventpipe.ledger import Ledger
 from eventpipe.server import EmbeddedServer, free_port
-from eventpipe.testing import drop_file, wait_for
+from eventpipe.testing import Background, drop_file, wait_for
 
 AUTH = "ops:" + "s3cret-outage-test"
 PIPELINE = """
@@ -72,31 +70,27 @@ def test_files_landing_while_the_server_is_down_for_a_minute_are_all_processed_o
         EVENTPIPE_SWEEP_SECONDS="5",
         EVENTPIPE_RESCAN_SECONDS="5",
     )
-    output = tmp_path / "up.log"
-    with output.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "eventpipe.cli",
-                "up",
-                "--pipeline",
-                "outage_pipeline.py:pipeline",
-                "--inbox",
-                str(inbox),
-                "--data",
-                str(data),
-                "--api-url",
-                server.api_url,
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    up = Background(
+        [
+            sys.executable,
+            "-m",
+            "eventpipe.cli",
+            "up",
+            "--pipeline",
+            "outage_pipeline.py:pipeline",
+            "--inbox",
+            str(inbox),
+            "--data",
+            str(data),
+            "--api-url",
+            server.api_url,
+        ],
+        tmp_path / "up.log",
+        env=env,
+        cwd=tmp_path,
+    )
     try:
-        wait_for(lambda: "eventpipe is up" in output.read_text(), 120, what="`eventpipe up`")
+        up.start().wait_for_output("eventpipe is up", 120)
         drop_file(inbox, "first.csv", "amount\n1000\n")
         wait_for(lambda: counts(data).get("done") == 1, 60, what="the first file")
 
@@ -109,7 +103,7 @@ def test_files_landing_while_the_server_is_down_for_a_minute_are_all_processed_o
         )
         time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
         assert counts(data).get("done") == 1  # nothing could run without the server
-        assert proc.poll() is None  # and eventpipe kept going
+        assert up.running  # and eventpipe kept going
 
         server.start(timeout=180)
         wait_for(
@@ -132,12 +126,9 @@ def test_files_landing_while_the_server_is_down_for_a_minute_are_all_processed_o
         )
         total = pd.read_parquet(data / "analytics" / "outage" / "total.parquet")
         assert total["amount"][0] == 1000 + sum(range(100))
-        assert AUTH.split(":")[1] not in output.read_text()
+        assert AUTH.split(":")[1] not in up.output()
 
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 0
+        assert up.stop(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        up.kill()
         server.stop()

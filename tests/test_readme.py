@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pandas as pd
 from eventpipe.app import LocalLoop
 from eventpipe.server import EmbeddedServer
 from eventpipe.settings import Settings
-from eventpipe.testing import wait_for
+from eventpipe.testing import Background, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -92,19 +91,12 @@ def test_readme_bucket_example_runs_as_written(
 
     done = subprocess.run(setup, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    output = tmp_path / "up.log"
-    with output.open("w") as log:
-        proc = subprocess.Popen(
-            [*up, "--api-url", prefect_server.api_url],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    watcher = Background(
+        [*up, "--api-url", prefect_server.api_url], tmp_path / "up.log", env=env, cwd=tmp_path
+    )
     try:
-        wait_for(lambda: "eventpipe is up" in output.read_text(), 120, what="`eventpipe up`")
-        assert "s3://sales-landing/incoming/" in output.read_text()
+        watcher.start().wait_for_output("eventpipe is up", 120)
+        assert "s3://sales-landing/incoming/" in watcher.output()
         subprocess.run(upload, cwd=tmp_path, env=env, check=True)
         revenue = tmp_path / "data/analytics/sales/revenue_by_day.parquet"
         wait_for(revenue.exists, 60, what="analytics from the uploaded file")
@@ -113,9 +105,6 @@ def test_readme_bucket_example_runs_as_written(
             "2026-03-01": 15.0,
             "2026-03-02": 7.0,
         }
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 0
+        assert watcher.stop(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        watcher.kill()
