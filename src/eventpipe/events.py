@@ -28,6 +28,8 @@ ASSET_SKIPPED = "eventpipe.asset.skipped"
 ASSET_UPDATED = "eventpipe.asset.updated"
 PIPELINE_COMPLETED = "eventpipe.pipeline.completed"
 ASSET_STALE = "eventpipe.asset.stale"
+FETCH_COMPLETED = "eventpipe.fetch.completed"
+FETCH_FAILED = "eventpipe.fetch.failed"
 
 _NAMESPACE = uuid.UUID("5b0d2f1e-3c55-4a8e-9d7e-2f6d1f0a9e11")
 
@@ -118,6 +120,22 @@ def sighting_event(
         {**file_resource(row)},
         related=[*related, asset],
         payload={"asset": raw_key, "reason": reason, "stage": "raw"},
+    )
+
+
+def fetch_event(
+    name: str, pipeline: str, fetch: str, flow_run_id: str, payload: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """``eventpipe.fetch.completed`` / ``.failed`` of one scheduled fetch's run."""
+    return build_event(
+        name,
+        {
+            "prefect.resource.id": f"eventpipe.fetch.{pipeline}.{fetch}",
+            "prefect.resource.name": fetch,
+            "eventpipe.pipeline": pipeline,
+        },
+        related=[related_pipeline(pipeline), related_flow_run(flow_run_id)],
+        payload={"fetch": fetch, **payload},
     )
 
 
