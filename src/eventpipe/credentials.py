@@ -9,6 +9,7 @@ A fetch never holds a secret in its source: it names one (``from_block("orders-t
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,3 +113,23 @@ def redact(text: str, secrets: set[str] | None = None) -> str:
         if len(value) >= 4:
             text = text.replace(value, _MASK)
     return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks the current fetch's secrets in a logger's records (httpx logs each request's URL
+    at INFO, and a URL may carry a token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _REVEALED.get():
+            message = record.getMessage()
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+def guard_logger(name: str) -> None:
+    """Add a :class:`RedactingFilter` to logger ``name`` (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())

@@ -23,7 +23,15 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from eventpipe.credentials import SecretRef, from_block, from_env, redact, remember, reveal
+from eventpipe.credentials import (
+    SecretRef,
+    from_block,
+    from_env,
+    guard_logger,
+    redact,
+    remember,
+    reveal,
+)
 from eventpipe.exceptions import ConfigError, FetchError
 from eventpipe.fetch import FetchContext, Fetched, NotModified, current
 
@@ -41,6 +49,9 @@ __all__ = [
 
 Paginate = Callable[[httpx.Response], "httpx.Request | str | None"]
 """Given a page's response, the next page's request (or URL), or None after the last page."""
+
+for _name in ("httpx", "httpcore"):
+    guard_logger(_name)
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_PAGES = 10_000

@@ -1,0 +1,259 @@
+"""Fetching on a schedule: a ``@pipeline.fetch`` function pulls from a real HTTP server (or a
+database) and its result takes the same path as a dropped file — ledger, events, skips."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from eventpipe import Pipeline, PipelineDefinitionError
+from eventpipe.exceptions import FetchError
+from eventpipe.fetch import Fetched, as_fetched, fetch_source
+from eventpipe.fetchers import http_csv, http_json
+from eventpipe.ledger import Ledger
+from eventpipe.server import EmbeddedServer
+from eventpipe.testing import FakeEndpoint, Reply, fake_endpoint, read_events, wait_for
+
+ORDERS_V1 = {"items": [{"day": "2026-05-01", "amount": 10.0}, {"day": "2026-05-02", "amount": 5}]}
+ORDERS_V2 = {"items": [{"day": "2026-05-01", "amount": 12.5}]}
+
+PIPELINE = """
+from datetime import timedelta
+
+import pandas as pd
+
+from eventpipe import Pipeline
+from eventpipe.fetchers import from_block, from_env, http_json, sql_query
+
+pipeline = Pipeline("{name}")
+
+
+@pipeline.fetch(interval=timedelta(seconds={every}), retries={retries}, retry_delay_seconds=0.05)
+def orders() -> pd.DataFrame:
+    return http_json({url}, records="items", timeout={timeout}{extra})
+
+
+@pipeline.process
+def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
+    return raw
+
+
+@pipeline.analytics
+def revenue_by_day(cleaned: pd.DataFrame) -> pd.DataFrame:
+    return cleaned.groupby("day", as_index=False)["amount"].sum().sort_values("day")
+"""
+
+
+def write_pipeline(
+    root: Path,
+    endpoint: FakeEndpoint,
+    *,
+    every: float = 3600,
+    retries: int = 1,
+    timeout: float = 1.0,
+    url: str | None = None,
+    extra: str = "",
+) -> tuple[str, str]:
+    """A pipeline file with an ``orders`` fetch of ``endpoint``; returns (spec, name)."""
+    name = "f" + uuid.uuid4().hex[:10]
+    path = root / f"{name}.py"
+    path.write_text(
+        PIPELINE.format(
+            name=name,
+            every=every,
+            retries=retries,
+            timeout=timeout,
+            url=url or repr(endpoint.url + "/orders"),
+            extra=extra,
+        )
+    )
+    return f"{path}:pipeline", name
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FakeEndpoint]:
+    with fake_endpoint() as served:
+        yield served
+
+
+# -- the plugin API ------------------------------------------------------------------------------
+
+
+def test_a_fetch_needs_one_schedule_no_parameters_and_its_own_name() -> None:
+    pipeline = Pipeline("p")
+
+    def orders() -> None:
+        return None
+
+    with pytest.raises(PipelineDefinitionError, match="exactly one of schedule"):
+        pipeline.fetch()(orders)
+    with pytest.raises(PipelineDefinitionError, match="exactly one of schedule"):
+        pipeline.fetch(schedule="* * * * *", interval=60)(orders)
+    with pytest.raises(PipelineDefinitionError, match="not a valid cron"):
+        pipeline.fetch(schedule="every monday")(orders)
+    with pytest.raises(PipelineDefinitionError, match="interval must be positive"):
+        pipeline.fetch(interval=timedelta(0))(orders)
+
+    def with_args(since: str) -> None:
+        return None
+
+    with pytest.raises(PipelineDefinitionError, match="takes no parameters"):
+        pipeline.fetch(interval=60)(with_args)
+    pipeline.fetch(schedule="*/15 * * * *")(orders)
+    assert pipeline.fetches["orders"].every == "cron '*/15 * * * *' (UTC)"
+    with pytest.raises(PipelineDefinitionError, match="already used"):
+        pipeline.fetch(interval=60)(orders)
+
+    def raw_orders() -> None:
+        return None
+
+    pipeline.fetch(interval=90.0)(raw_orders)
+    assert pipeline.fetches["raw_orders"].interval == timedelta(seconds=90)
+
+
+def test_what_a_fetch_returns_becomes_bytes_in_a_readable_format() -> None:
+    frame = pd.DataFrame({"a": [1, 2]})
+    result = as_fetched(frame, append=False)
+    assert result.kind == "content"
+    assert result.fetched is not None
+    assert result.fetched.format == "parquet"
+    assert result.fetched.rows == 2
+    assert as_fetched(frame, append=False) == result  # same frame, same bytes: skippable
+    assert as_fetched(frame.iloc[:0], append=True).kind == "empty"
+    assert as_fetched(None, append=False).kind == "empty"
+    assert as_fetched((b"a,b\n1,2\n", "csv"), append=False).fetched == Fetched(b"a,b\n1,2\n", "csv")
+    with pytest.raises(FetchError, match="return a DataFrame"):
+        as_fetched({"a": 1}, append=False)
+    with pytest.raises(Exception, match="not readable"):
+        Fetched(b"x", "xlsx")
+
+
+# -- the HTTP helpers against a real server --------------------------------------------------------
+
+
+def test_http_helpers_read_json_csv_and_pages_and_say_which_failures_are_worth_a_retry(
+    endpoint: FakeEndpoint,
+) -> None:
+    endpoint.serve("/orders", json.dumps(ORDERS_V1))
+    frame = http_json(endpoint.url + "/orders", records="items")
+    assert frame["amount"].tolist() == [10.0, 5.0]
+
+    endpoint.serve("/pages", json.dumps({"rows": [{"n": 1}], "next": "/pages?after=1"}))
+    endpoint.serve("/pages?after=1", json.dumps({"rows": [{"n": 2}], "next": None}))
+
+    def next_page(response: Any) -> str | None:
+        after = response.json()["next"]
+        return endpoint.url + after if after else None
+
+    paged = http_json(endpoint.url + "/pages", records="rows", paginate=next_page)
+    assert paged["n"].tolist() == [1, 2]
+
+    endpoint.serve("/day.csv", "day,amount\n2026-05-01,3\n", content_type="text/csv")
+    assert http_csv(endpoint.url + "/day.csv")["amount"].tolist() == [3]
+
+    endpoint.script(
+        "/orders",
+        Reply(status=503),
+        Reply(stall=2.0),
+        Reply(status=200, body=b'{"items": [1, 2'),
+        Reply(status=404),
+        Reply(status=200, body=b'{"rows": []}'),
+    )
+    failures = []
+    for _ in range(5):
+        with pytest.raises(FetchError) as caught:
+            http_json(endpoint.url + "/orders", records="items", timeout=0.5)
+        failures.append((str(caught.value), caught.value.retryable))
+    assert failures[0] == ("HTTP 503 Service Unavailable from 127.0.0.1", True)
+    assert failures[1] == ("timed out after 0.5 s (ReadTimeout)", True)
+    assert failures[2][0].startswith("page 1 is not valid JSON")
+    assert failures[2][1] is False
+    assert failures[3] == ("HTTP 404 Not Found from 127.0.0.1", False)
+    assert failures[4] == ("page 1 has no 'items' in its JSON (missing 'items')", False)
+
+
+# -- the fetch flow: a result lands like a dropped file --------------------------------------------
+
+
+def run_fetch(spec: str, data: Path) -> dict[str, Any]:
+    result: dict[str, Any] = fetch_source(pipeline=spec, fetch="orders", data=str(data))
+    return result
+
+
+def test_changed_unchanged_and_304_responses_land_like_dropped_files(
+    prefect_server: EmbeddedServer, endpoint: FakeEndpoint, tmp_path: Path
+) -> None:
+    spec, name = write_pipeline(tmp_path, endpoint)
+    data = tmp_path / "data"
+    endpoint.serve("/orders", json.dumps(ORDERS_V1))
+
+    first = run_fetch(spec, data)
+    assert first["outcome"] == "new"
+    assert first["rows"] == 2
+    assert first["http"] == {"status": 200, "pages": 1}
+    landed = data / "fetched" / name / "orders.parquet"
+    assert pd.read_parquet(landed)["amount"].tolist() == [10.0, 5.0]
+    assert (data / "raw" / name / f"{first['sha256']}.parquet").exists()
+
+    second = run_fetch(spec, data)  # the endpoint answers 304 to the stored ETag
+    assert second["outcome"] == "unchanged"
+    assert second["http"] == {"status": 304}
+    assert endpoint.hits("/orders")[-1].status == 304
+    assert endpoint.hits("/orders")[-1].headers["if-none-match"]
+
+    endpoint.serve("/orders", json.dumps(ORDERS_V2))
+    third = run_fetch(spec, data)
+    assert third["outcome"] == "changed"
+    assert pd.read_parquet(landed)["amount"].tolist() == [12.5]
+
+    ledger = Ledger(data / "ledger.sqlite")
+    rows = ledger.files(name)
+    assert [(r.relative, r.source) for r in rows] == [("fetched/orders.parquet", "fetch")] * 2
+    events = [e["event"] for row in rows for e in ledger.events_for(row.id)]
+    assert events.count("eventpipe.file.landed") == 2
+    assert events.count("eventpipe.asset.skipped") == 1
+
+
+def test_a_failing_fetch_is_retried_then_reported_and_the_next_run_works(
+    prefect_server: EmbeddedServer, endpoint: FakeEndpoint, tmp_path: Path
+) -> None:
+    spec, name = write_pipeline(tmp_path, endpoint, retries=2, timeout=0.5)
+    data = tmp_path / "data"
+    endpoint.serve("/orders", json.dumps(ORDERS_V1))
+    endpoint.script("/orders", Reply(status=500), Reply(stall=1.5), Reply(status=502))
+    with pytest.raises(FetchError, match="failed after its retries: HTTP 502"):
+        run_fetch(spec, data)
+    wait_for(lambda: len(endpoint.hits("/orders")) == 3, 10, what="the stalled request's end")
+    assert sorted(r.status for r in endpoint.hits("/orders")) == [500, 500, 502]
+
+    endpoint.script("/orders", Reply(status=500))  # one failure, then the retry succeeds
+    assert run_fetch(spec, data)["outcome"] == "new"
+
+    endpoint.script("/orders", Reply(status=200, body=b"<html>maintenance</html>"))
+    with pytest.raises(FetchError, match="not valid JSON"):
+        run_fetch(spec, data)  # malformed: not retried, reported
+    statuses = [r.status for r in endpoint.hits("/orders")]
+    assert statuses[-1] == 200  # the malformed page was asked for once: no retry
+    assert statuses.count(200) == 2
+
+    def fetch_events() -> list[dict[str, Any]]:
+        return read_events(prefect_server.api_url, None, [f"eventpipe.fetch.{name}."])
+
+    events = wait_for(lambda: len(fetch_events()) >= 3 and fetch_events(), 60, 0.5)
+    assert [e["event"] for e in events] == [
+        "eventpipe.fetch.failed",
+        "eventpipe.fetch.completed",
+        "eventpipe.fetch.failed",
+    ]
+    failed = events[0]["payload"]
+    assert failed["attempts"] == 3
+    assert failed["reason"] == "HTTP 502 Bad Gateway from 127.0.0.1"
+    assert events[2]["payload"]["attempts"] == 1
+    assert events[1]["related"][0]["prefect.resource.id"] == f"eventpipe.pipeline.{name}"
