@@ -257,3 +257,176 @@ def test_a_failing_fetch_is_retried_then_reported_and_the_next_run_works(
     assert failed["reason"] == "HTTP 502 Bad Gateway from 127.0.0.1"
     assert events[2]["payload"]["attempts"] == 1
     assert events[1]["related"][0]["prefect.resource.id"] == f"eventpipe.pipeline.{name}"
+
+
+# -- SQL: SQLite and PostgreSQL, incrementally ---------------------------------------------------
+
+SQL_PIPELINE = """
+import pandas as pd
+
+from eventpipe import Pipeline
+from eventpipe.fetchers import from_env, sql_query
+
+pipeline = Pipeline("{name}")
+
+
+@pipeline.fetch(schedule="*/5 * * * *", append=True, retries=0)
+def orders() -> pd.DataFrame:
+    return sql_query(
+        from_env("{env}"), "SELECT id, day, amount FROM orders WHERE amount > 0", incremental="id"
+    )
+
+
+@pipeline.process
+def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
+    return raw
+"""
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    from eventpipe.testing import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.sqlite'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def test_an_incremental_sql_fetch_takes_only_new_rows(
+    prefect_server: EmbeddedServer,
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = "s" + uuid.uuid4().hex[:10]
+    env = "EVENTPIPE_TEST_DB_" + name.upper()
+    monkeypatch.setenv(env, database)
+    (tmp_path / "sql_pipeline.py").write_text(SQL_PIPELINE.format(name=name, env=env))
+    spec, data = f"{tmp_path / 'sql_pipeline.py'}:pipeline", tmp_path / "data"
+    engine = create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
+    table = f"orders_{name}"  # PostgreSQL is shared by the module's tests
+
+    def insert(*rows: tuple[int, str, float]) -> None:
+        with engine.begin() as db:
+            for row in rows:
+                db.execute(
+                    text(f"INSERT INTO {table} VALUES (:id, :day, :amount)"),
+                    {"id": row[0], "day": row[1], "amount": row[2]},
+                )
+
+    (tmp_path / "sql_pipeline.py").write_text(
+        SQL_PIPELINE.format(name=name, env=env).replace("FROM orders", f"FROM {table}")
+    )
+    with engine.begin() as db:
+        db.execute(text(f"CREATE TABLE {table} (id INTEGER, day TEXT, amount REAL)"))
+    insert((1, "2026-05-01", 10.0), (2, "2026-05-01", 5.0), (3, "2026-05-02", 0.0))
+    try:
+        first = run_fetch(spec, data)
+        insert((4, "2026-05-02", 7.0), (5, "2026-05-03", 1.0))
+        second = run_fetch(spec, data)
+        third = run_fetch(spec, data)
+    finally:
+        with engine.begin() as db:
+            db.execute(text(f"DROP TABLE {table}"))
+        engine.dispose()
+    assert (first["outcome"], first["rows"], first["cursor"]) == ("new", 2, 2)
+    assert (second["outcome"], second["rows"], second["cursor"]) == ("new", 2, 5)
+    assert third["outcome"] == "empty"  # nothing past the cursor: a skip, no file
+    files = Ledger(data / "ledger.sqlite").files(name)
+    assert [f.relative for f in files] == [first["file"], second["file"]]
+    assert first["file"].startswith("fetched/orders/")
+    taken = [pd.read_parquet(data / "fetched" / name / f.relative[8:])["id"] for f in files]
+    assert [t.tolist() for t in taken] == [[1, 2], [4, 5]]
+
+
+def test_an_incremental_sql_fetch_must_append(
+    prefect_server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "s" + uuid.uuid4().hex[:10]
+    env = "EVENTPIPE_TEST_DB_" + name.upper()
+    monkeypatch.setenv(env, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    (tmp_path / "p.py").write_text(
+        SQL_PIPELINE.format(name=name, env=env).replace("append=True", "append=False")
+    )
+    with pytest.raises(Exception, match=r"append=True"):
+        run_fetch(f"{tmp_path / 'p.py'}:pipeline", tmp_path / "data")
+
+
+# -- secrets never leave the fetch -----------------------------------------------------------------
+
+
+def test_secrets_from_a_block_and_the_environment_reach_no_log_event_or_artifact(
+    prefect_server: EmbeddedServer,
+    endpoint: FakeEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+    from prefect.blocks.system import Secret
+
+    token, in_url = "canary-" + uuid.uuid4().hex, "canary-" + uuid.uuid4().hex
+    block = "ep-" + uuid.uuid4().hex[:8]
+    Secret(value=token).save(block)
+    env = "EVENTPIPE_TEST_URL_" + uuid.uuid4().hex[:8].upper()
+    monkeypatch.setenv(env, f"{endpoint.url}/orders?token={in_url}")
+    endpoint.required_headers = {"authorization": f"Bearer {token}"}
+    endpoint.serve("/orders", json.dumps(ORDERS_V1))
+    spec, name = write_pipeline(
+        tmp_path,
+        endpoint,
+        url=f"from_env({env!r})",
+        extra=f', headers={{"Authorization": from_block({block!r}, "Bearer {{}}")}}',
+        retries=1,
+    )
+    caplog.set_level("DEBUG")
+    data = tmp_path / "data"
+    endpoint.script("/orders", Reply(status=500))  # a failure and a retry, logged
+    assert run_fetch(spec, data)["outcome"] == "new"
+    assert run_fetch(spec, data)["outcome"] == "unchanged"
+    endpoint.required_headers = {"authorization": "Bearer another"}
+    with pytest.raises(FetchError, match="HTTP 401"):
+        run_fetch(spec, data)
+    assert [r.status for r in endpoint.hits("/orders")] == [500, 200, 304, 401]
+
+    events = wait_for(
+        lambda: (
+            (
+                found := read_events(
+                    prefect_server.api_url,
+                    None,
+                    [f"eventpipe.fetch.{name}.", f"eventpipe.file.{name}"],
+                )
+            )
+            and len([e for e in found if e["event"].startswith("eventpipe.fetch")]) >= 3
+            and found
+        ),
+        60,
+        0.5,
+    )
+    key = f"{name}-fetch-orders"
+    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as client:
+        artifacts = client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}})
+        run_ids = sorted({a["flow_run_id"] for a in artifacts.json()})
+        logs = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": run_ids}}})
+    assert len(run_ids) == 2
+    assert "HTTP 401" in json.dumps(events)
+    for where, text in {
+        "events": json.dumps(events),
+        "artifacts": artifacts.text,
+        "run logs": logs.text,
+        "local logs": caplog.text,
+        "ledger": (data / "ledger.sqlite").read_bytes().decode("latin-1"),
+    }.items():
+        assert token not in text, where
+        assert in_url not in text, where
+    assert "***" in caplog.text  # httpx's request line, with the URL's token masked
