@@ -4,6 +4,7 @@ database) and its result takes the same path as a dropped file — ledger, event
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -430,3 +431,82 @@ def test_secrets_from_a_block_and_the_environment_reach_no_log_event_or_artifact
         assert token not in text, where
         assert in_url not in text, where
     assert "***" in caplog.text  # httpx's request line, with the URL's token masked
+
+
+# -- end to end: a real deployment schedule, executed by `eventpipe up` ------------------------
+
+
+def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
+    prefect_server: EmbeddedServer, endpoint: FakeEndpoint, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from eventpipe.app import LocalLoop
+    from eventpipe.settings import Settings
+
+    spec, name = write_pipeline(tmp_path, endpoint, every=2, retries=1)
+    endpoint.serve("/orders", json.dumps(ORDERS_V1))
+    settings = Settings(
+        pipeline=spec,
+        inbox=tmp_path / "inbox",
+        data=tmp_path / "data",
+        home=tmp_path / "home",
+        api_url=prefect_server.api_url,
+        rescan_seconds=5,
+        sweep_seconds=5,
+    )
+    analytics = tmp_path / "data" / "analytics" / name / "revenue_by_day.parquet"
+
+    def amounts() -> list[float]:
+        return pd.read_parquet(analytics)["amount"].tolist() if analytics.exists() else []
+
+    def statuses() -> list[int]:
+        return [r.status for r in endpoint.hits("/orders")]
+
+    with LocalLoop(settings) as loop:
+        deployment_id = loop.fetch_deployment_ids["orders"]
+        wait_for(lambda: amounts() == [10.0, 5.0], 120, what="analytics from the first fetch")
+        wait_for(lambda: 304 in statuses(), 60, what="an unchanged fetch (304)")
+
+        endpoint.serve("/orders", json.dumps(ORDERS_V2))
+        wait_for(lambda: amounts() == [12.5], 60, what="analytics from the changed endpoint")
+
+        seen = len(statuses())
+        endpoint.script("/orders", Reply(status=500), Reply(status=500))  # beyond its 1 retry
+        wait_for(lambda: statuses()[seen:].count(500) == 2, 60, what="a failed fetch")
+        wait_for(lambda: [s for s in statuses()[seen:] if s != 500], 60, what="the next tick")
+
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(deployment_id)
+            schedules = client.read_deployment(deployment_id).schedules
+        assert [type(s.schedule).__name__ for s in schedules] == ["IntervalSchedule"]
+        # A run claimed before the pause may still finish; then nothing more is fetched.
+        time.sleep(4)
+        paused_at = len(statuses())
+        time.sleep(8)
+        assert len(statuses()) == paused_at
+        assert loop.ledger is not None
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    executed = [r for r in runs if r.start_time is not None]
+    assert {r.state_name for r in executed} >= {"Completed", "Failed"}
+    # Scheduled ahead by Prefect's scheduler, each run started only when it was due.
+    assert all(r.start_time >= r.expected_start_time for r in executed)  # type: ignore[operator]
+
+    events = read_events(
+        prefect_server.api_url,
+        None,
+        [f"eventpipe.fetch.{name}.", f"eventpipe.file.{name}.", f"eventpipe.pipeline.{name}"],
+    )
+    story = [(e["event"], e["payload"].get("outcome")) for e in events]
+    first = story.index(("eventpipe.fetch.completed", "new"))
+    assert story[first + 1][0] == "eventpipe.file.landed"
+    assert ("eventpipe.pipeline.completed", None) in story[first + 2 :]
+    unchanged = story.index(("eventpipe.fetch.completed", "unchanged"))
+    assert ("eventpipe.asset.skipped", None) in story[unchanged - 1 : unchanged + 2]
+    assert ("eventpipe.fetch.completed", "changed") in story
+    assert ("eventpipe.fetch.failed", None) in story
