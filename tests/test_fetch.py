@@ -510,3 +510,68 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
     assert ("eventpipe.asset.skipped", None) in story[unchanged - 1 : unchanged + 2]
     assert ("eventpipe.fetch.completed", "changed") in story
     assert ("eventpipe.fetch.failed", None) in story
+
+
+# -- the README's example, as written ----------------------------------------------------------
+
+
+def test_readme_fetch_example_runs_as_written(
+    prefect_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from eventpipe.app import LocalLoop
+    from eventpipe.server import free_port
+    from eventpipe.settings import Settings
+    from tests.test_readme import readme_files
+
+    files = readme_files()
+    port = str(free_port())
+    (tmp_path / "orders_api.py").write_text(files["orders_api.py"].replace("8000", port))
+    (tmp_path / "api").mkdir()
+    orders = tmp_path / "api" / "orders.json"
+    orders.write_text(files["api/orders.json"])
+    serve_line, up_line = files["fetch.sh"].splitlines()
+    serve = shlex.split(serve_line.replace("8000", port), comments=True)
+    assert serve[:3] == [".venv/bin/python", "-m", "http.server"]
+    assert shlex.split(up_line) == [
+        ".venv/bin/eventpipe", "up", "--pipeline", "orders_api.py:pipeline"
+    ]  # fmt: skip
+    log = (tmp_path / "http.log").open("w")
+    api = subprocess.Popen(
+        [sys.executable, *serve[1:-1]], cwd=tmp_path, stderr=log, stdout=log
+    )  # serve[-1] is the "&"
+    settings = Settings(
+        pipeline=f"{tmp_path / 'orders_api.py'}:pipeline",
+        inbox=tmp_path / "inbox",
+        data=tmp_path / "data",
+        home=tmp_path / "home",
+        api_url=prefect_server.api_url,
+    )
+    revenue = tmp_path / "data/analytics/orders_api/revenue_by_day.parquet"
+
+    def by_day() -> dict[str, float]:
+        if not revenue.exists():
+            return {}
+        frame = pd.read_parquet(revenue)
+        return dict(zip(frame["day"], frame["amount"], strict=True))
+
+    try:
+        with LocalLoop(settings):
+            wait_for(lambda: by_day() == {"2026-04-01": 25.5, "2026-04-02": 8.0}, 120)
+            wait_for(lambda: '"GET /orders.json HTTP/1.1" 304' in _read(tmp_path / "http.log"), 60)
+            orders.write_text(orders.read_text().replace("8.0", "9.0"))
+            later = time.time() + 2  # Last-Modified has whole seconds
+            os.utime(orders, (later, later))
+            wait_for(lambda: by_day() == {"2026-04-01": 25.5, "2026-04-02": 9.0}, 60)
+    finally:
+        api.terminate()
+        api.wait(10)
+        log.close()
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")
