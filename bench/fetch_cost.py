@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 def _measure(root: Path, rows: int, rounds: int) -> dict[str, Any]:
     import httpx
+    from prefect.context import SyncClientContext
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from eventpipe.fetch import fetch_source
@@ -120,9 +121,11 @@ def _measure(root: Path, rows: int, rounds: int) -> dict[str, Any]:
 
     data = root / "data"
     samples: list[dict[str, Any]] = []
+    # As eventpipe's runner executes runs: no heartbeat thread, one client for every run.
     with (
         fake_endpoint() as endpoint,
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        SyncClientContext.get_or_create(),
     ):
         url = endpoint.url + "/orders"
         (root / "pipeline.py").write_text(PIPELINE.format(url=url))

@@ -32,6 +32,7 @@ from eventpipe.credentials import (
     remember,
     reveal,
 )
+from eventpipe.events import ssl_context
 from eventpipe.exceptions import ConfigError, FetchError
 from eventpipe.fetch import FetchContext, Fetched, NotModified, current
 
@@ -150,7 +151,7 @@ def _get(
     cache = _BodyCache(context, key) if context and conditional and not paginate else None
     first_headers = {**plain_headers, **(cache.validators() if cache else {})}
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=True, verify=ssl_context()) as client:
             response = client.get(plain_url, params=params, headers=first_headers)
             if response.status_code == 304 and cache is not None:
                 stored = cache.body()
