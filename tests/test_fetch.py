@@ -414,12 +414,22 @@ def test_secrets_from_a_block_and_the_environment_reach_no_log_event_or_artifact
         60,
         0.5,
     )
-    key = f"{name}-fetch-orders"
+    run_ids = sorted(
+        {
+            r["prefect.resource.id"].removeprefix("prefect.flow-run.")
+            for e in events
+            for r in e["related"]
+            if r["prefect.resource.id"].startswith("prefect.flow-run.")
+        }
+    )
+    assert len(run_ids) == 3
     with httpx.Client(base_url=prefect_server.api_url, timeout=30) as client:
-        artifacts = client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}})
-        run_ids = sorted({a["flow_run_id"] for a in artifacts.json()})
+        artifacts = client.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": run_ids}}}
+        )
         logs = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": run_ids}}})
-    assert len(run_ids) == 2
+    assert len(artifacts.json()) == 1  # the fetch that landed something
+    assert "Retries are exhausted" in logs.text or "HTTP 401" in logs.text
     assert "HTTP 401" in json.dumps(events)
     for where, text in {
         "events": json.dumps(events),
@@ -443,6 +453,8 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     from eventpipe.app import LocalLoop
+    from eventpipe.deploy import register_fetches
+    from eventpipe.pipeline import load_pipeline
     from eventpipe.settings import Settings
 
     spec, name = write_pipeline(tmp_path, endpoint, every=2, retries=1)
@@ -488,7 +500,10 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
         assert len(statuses()) == paused_at
         assert loop.ledger is not None
 
+    # `eventpipe up` started again registers the deployment again: a pause made in the UI holds.
+    again = register_fetches(load_pipeline(spec), spec, tmp_path / "data")
     with get_client(sync_client=True) as client:
+        assert client.read_deployment(again["orders"]).paused
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         )

@@ -223,7 +223,8 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
             summary = land(ledger, store, spec, result, run_id, context)
             summary["seconds"] = round(time.perf_counter() - started, 4)
             logger.info("fetch %s: %s", fetch, redact(str(summary), secrets))
-            _artifact(pipe.name, fetch, summary)
+            if summary["outcome"] in ("new", "changed", "retry"):
+                _artifact(pipe.name, fetch, summary)  # a skip has its event; no API call more
     finally:
         _deliver(ledger)
         ledger.close()
