@@ -205,22 +205,17 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
             state: State[_Result] = _fetch_task(spec)(fetch, return_state=True)
             if not state.is_completed():
                 reason = redact(_failure(state), secrets)
-                attempts = context.attempts
-                ledger.queue_event(
-                    *ev.fetch_event(
-                        ev.FETCH_FAILED,
-                        pipe.name,
-                        fetch,
-                        run_id,
-                        {"reason": reason, "attempts": attempts, "retries": spec.retries},
-                    )
-                )
+                _report_failure(ledger, pipe.name, spec, run_id, reason, context.attempts)
                 raise FetchError(
                     f"fetch {fetch!r} of pipeline {pipe.name!r} failed after its retries: "
                     f"{reason}; the next scheduled run tries again"
                 ) from None
-            result = state.result()
-            summary = land(ledger, store, spec, result, run_id, context)
+            try:
+                summary = land(ledger, store, spec, state.result(), run_id, context)
+            except Exception as exc:  # e.g. the disk is full: said in the feed too
+                reason = redact(f"{type(exc).__name__}: {exc}", secrets)
+                _report_failure(ledger, pipe.name, spec, run_id, reason, context.attempts)
+                raise
             summary["seconds"] = round(time.perf_counter() - started, 4)
             logger.info("fetch %s: %s", fetch, redact(str(summary), secrets))
             if summary["outcome"] in ("new", "changed", "retry"):
@@ -229,6 +224,20 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
         _deliver(ledger)
         ledger.close()
     return summary
+
+
+def _report_failure(
+    ledger: Ledger, pipeline: str, spec: Fetch, run_id: str, reason: str, attempts: int
+) -> None:
+    ledger.queue_event(
+        *ev.fetch_event(
+            ev.FETCH_FAILED,
+            pipeline,
+            spec.name,
+            run_id,
+            {"reason": reason, "attempts": attempts, "retries": spec.retries},
+        )
+    )
 
 
 def _failure(state: State[Any]) -> str:
