@@ -241,3 +241,25 @@ def test_each_prefect_yaml_deployment_wakes_on_its_own_pipeline() -> None:
         (trigger,) = deployment["triggers"]
         assert trigger["expect"] == ["eventpipe.file.landed"]
         assert trigger["match"] == {"eventpipe.pipeline": pipeline.name, "eventpipe.wake": "true"}
+
+
+def test_prefect_yaml_fetch_example_matches_what_up_registers() -> None:
+    """The commented fetch example, uncommented, is a deployment of the `fetch` flow with the
+    flow's parameters and a schedule, named as `eventpipe up` names it."""
+    import inspect
+
+    from eventpipe.deploy import fetch_deployment_name
+    from eventpipe.fetch import fetch_source
+
+    text = (ROOT / "prefect.yaml").read_text()
+    start = text.index("  # - name: orders_api-orders")
+    example = "\n".join(line.replace("  # ", "  ", 1) for line in text[start:].splitlines())
+    (deployment,) = yaml.safe_load("deployments:\n" + example)["deployments"]
+    assert deployment["name"] == fetch_deployment_name("orders_api", "orders")
+    module, _, name = deployment["entrypoint"].rpartition(".")
+    assert (module, name) == ("eventpipe.fetch", "fetch_source")
+    parameters = inspect.signature(fetch_source.fn).parameters
+    assert set(deployment["parameters"]) == set(parameters)
+    assert deployment["parameters"]["data"] == "{{ $EVENTPIPE_DATA }}"
+    assert deployment["schedules"] == [{"interval": 10, "timezone": "UTC", "slug": "orders"}]
+    assert "triggers" not in deployment

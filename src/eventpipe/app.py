@@ -81,10 +81,14 @@ class LocalLoop:
     """Everything ``eventpipe up`` runs, started and stopped as one."""
 
     def __init__(
-        self, settings: Settings, on_run: Callable[[str, Any], None] | None = None
+        self,
+        settings: Settings,
+        on_run: Callable[[str, Any], None] | None = None,
+        on_fetch: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.settings = settings.resolved()
         self.on_run = on_run
+        self.on_fetch = on_fetch
         self.spec = absolute_spec(self.settings.pipeline)
         self.server: EmbeddedServer | None = None
         self.pipeline: Pipeline | None = None
@@ -93,6 +97,9 @@ class LocalLoop:
         self.work_pool: str | None = None
         self._told_no_deployment = False
         """With ``runs = "worker"``: the work pool whose workers execute the runs."""
+        self.fetch_deployment_ids: dict[str, UUID] = {}
+        """Deployment ``fetch/<pipeline>-<fetch>`` of each ``@pipeline.fetch``, by fetch name."""
+        self._fetch_runner: PushRunner | None = None
         self._pump: OutboxPump | None = None
         self._runner: PushRunner | None = None
         self._source: FolderSource | BucketSource | None = None
@@ -163,6 +170,7 @@ class LocalLoop:
         ).start()
         if self.ledger.counts(self.pipeline.name).keys() & {"landed", "sent"}:
             self.kick()
+        self._start_fetches()
         self._start_watching(watch)
         return self
 
@@ -232,6 +240,38 @@ class LocalLoop:
         ):
             log.warning("files wait with no run coming; requesting one")
             self.kick()
+
+    def _start_fetches(self) -> None:
+        """Register each fetch's scheduled deployment and run its runs here when they are due.
+
+        Runs missed while eventpipe was stopped are cancelled but the newest, which fetches
+        at once; a deployment or schedule paused in the UI is left paused."""
+        from eventpipe import deploy
+        from eventpipe.fetch import fetch_source
+        from eventpipe.runner import PushRunner, crash_orphaned_runs, skip_missed_runs
+
+        assert self.pipeline is not None
+        if not self.pipeline.fetches:
+            return
+        self.fetch_deployment_ids = deploy.register_fetches(
+            self.pipeline, self.spec, self.settings.data
+        )
+        for name, deployment_id in self.fetch_deployment_ids.items():
+            crash_orphaned_runs(deployment_id)
+            missed = skip_missed_runs(deployment_id)
+            if missed:
+                log.info("fetch %s: %d run(s) missed while stopped were cancelled", name, missed)
+        self._fetch_runner = PushRunner(
+            fetch_source,
+            list(self.fetch_deployment_ids.values()),
+            sweep_seconds=self.settings.sweep_seconds,
+            on_finished=self._fetched,
+            respect_paused=True,
+        ).start()
+
+    def _fetched(self, run: Any, state: Any) -> None:
+        if self.on_fetch is not None:
+            self.on_fetch(run.name, state)
 
     def _tend(self) -> None:
         """Every sweep, while no run executes here (runs of this deployment execute only in
@@ -480,6 +520,8 @@ class LocalLoop:
                 deploy.set_paused(self.deployment_id, paused=True)
             except Exception as exc:
                 log.warning("could not pause the deployment: %s", exc)
+        if self._fetch_runner is not None:
+            self._fetch_runner.stop()
         if self._runner is not None:
             self._runner.paused = True
             self._runner.stop()

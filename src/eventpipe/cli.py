@@ -148,7 +148,16 @@ def up(
         else:
             console.print(f"[red]run {name}: {state.name}[/] {state.message or ''}")
 
-    loop = LocalLoop(settings, on_run=on_run)
+    def on_fetch(name: str, state: Any) -> None:
+        summary = state.result(raise_on_failure=False) if state.is_completed() else None
+        if isinstance(summary, dict):
+            rows = f", {summary['rows']} rows" if summary.get("rows") is not None else ""
+            outcome = summary["outcome"]
+            console.print(f"[green]fetch {summary['fetch']}[/] ({name}): {outcome}{rows}")
+        else:
+            console.print(f"[red]fetch run {name}: {state.name}[/] {state.message or ''}")
+
+    loop = LocalLoop(settings, on_run=on_run, on_fetch=on_fetch)
     s = loop.settings
     console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
     try:
@@ -182,7 +191,11 @@ def up(
         f"  {watched}\n"
         f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
         f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
-        f"Ctrl-C to stop.\n"
+        + "".join(
+            f"  fetch        {f.name} {f.every} -> deployment fetch/{name}-{f.name}\n"
+            for f in loop.pipeline.fetches.values()
+        )
+        + "Ctrl-C to stop.\n"
     )
     if samples:
         if loop.spec != "eventpipe.demo:pipeline":

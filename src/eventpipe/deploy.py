@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -12,7 +13,7 @@ from prefect.events import DeploymentEventTrigger
 
 from eventpipe.events import FILE_LANDED, WAKE_LABEL, pipeline_resource_id
 from eventpipe.flows import materialize_pipeline
-from eventpipe.pipeline import Pipeline
+from eventpipe.pipeline import Fetch, Pipeline
 
 FLOW_NAME = "materialize"
 
@@ -81,3 +82,51 @@ def deployment_id(pipeline: str) -> UUID:
                 f"no deployment materialize/{pipeline} on this server: run `eventpipe up` "
                 "(or `prefect deploy`) first"
             ) from None
+
+
+def fetch_deployment_name(pipeline: str, fetch: str) -> str:
+    """``<pipeline>-<fetch>``: the deployment ``fetch/<pipeline>-<fetch>``."""
+    return f"{pipeline}-{fetch}"
+
+
+def fetch_schedule(fetch: Fetch, *, active: bool = True) -> Any:
+    """The Prefect schedule of ``fetch`` (cron or interval), slugged by the fetch's name."""
+    from prefect.schedules import Cron, Interval
+
+    if fetch.schedule is not None:
+        return Cron(fetch.schedule, timezone=fetch.timezone, active=active, slug=fetch.name)
+    assert fetch.interval is not None
+    return Interval(fetch.interval, timezone=fetch.timezone, active=active, slug=fetch.name)
+
+
+def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUID]:
+    """Create or update deployment ``fetch/<pipeline>-<fetch>`` with its schedule for each
+    ``@pipeline.fetch``. A deployment or schedule paused in the UI stays paused."""
+    from prefect.exceptions import ObjectNotFound
+
+    from eventpipe.fetch import fetch_source
+
+    ids: dict[str, UUID] = {}
+    for fetch in pipeline.fetches.values():
+        name = fetch_deployment_name(pipeline.name, fetch.name)
+        paused, active = False, True
+        with get_client(sync_client=True) as client:
+            try:
+                existing = client.read_deployment_by_name(f"fetch/{name}")
+            except ObjectNotFound:
+                pass
+            else:
+                paused = bool(existing.paused)
+                active = all(s.active for s in existing.schedules or [])
+        deployment: RunnerDeployment = fetch_source.to_deployment(  # type: ignore[assignment]
+            name=name,
+            parameters={"pipeline": spec, "fetch": fetch.name, "data": str(data.resolve())},
+            schedules=[fetch_schedule(fetch, active=active)],
+            paused=paused,
+            description=f"Fetches {fetch.name!r} of pipeline {pipeline.name!r} {fetch.every}; "
+            "its result lands like a dropped file (pause to stop fetching).",
+            tags=["eventpipe", f"eventpipe:{pipeline.name}", "eventpipe:fetch"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        ids[fetch.name] = deployment.apply()  # type: ignore[assignment]
+    return ids

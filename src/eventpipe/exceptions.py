@@ -29,3 +29,12 @@ class SourceError(EventpipeError):
 
 class ServerError(EventpipeError):
     """The Prefect server could not be started or reached."""
+
+
+class FetchError(SourceError):
+    """A scheduled fetch could not get its data. ``retryable``: whether trying again may help
+    (a 5xx or a timeout) or not (a 4xx, a malformed body)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable

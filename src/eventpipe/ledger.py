@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS objects (
     file_id INTEGER NOT NULL,
     PRIMARY KEY (pipeline, uri, tag)
 );
+CREATE TABLE IF NOT EXISTS fetch_state (
+    pipeline TEXT NOT NULL,
+    fetch TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (pipeline, fetch)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
@@ -442,6 +449,28 @@ class Ledger:
             .fetchone()
         )
         return float(found[0]) if found and found[0] is not None else None
+
+    # -- fetch state ---------------------------------------------------------------------------
+
+    def fetch_state(self, pipeline: str, fetch: str) -> dict[str, Any]:
+        """What a scheduled fetch kept from its last success (ETags, cursors), by helper key."""
+        found = (
+            self._conn()
+            .execute(
+                "SELECT state FROM fetch_state WHERE pipeline=? AND fetch=?", (pipeline, fetch)
+            )
+            .fetchone()
+        )
+        return dict(json.loads(found[0])) if found else {}
+
+    def save_fetch_state(self, pipeline: str, fetch: str, state: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO fetch_state (pipeline, fetch, state, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (pipeline, fetch) DO UPDATE SET state=excluded.state,"
+                " updated_at=excluded.updated_at",
+                (pipeline, fetch, json.dumps(state, sort_keys=True), time.time()),
+            )
 
     # -- outbox --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -54,6 +55,34 @@ class Step:
         self.code_version = self.version or _source_digest(self.fn)
 
 
+FETCH_FORMATS = ("parquet", "csv", "csv.gz", "json", "jsonl")
+
+
+@dataclass
+class Fetch:
+    """One ``@pipeline.fetch`` function: pulls data on a schedule into the raw stage."""
+
+    name: str
+    fn: Callable[[], Any]
+    schedule: str | None = None
+    """A cron expression (``*/15 * * * *``), or None when ``interval`` is set."""
+    interval: timedelta | None = None
+    timezone: str = "UTC"
+    retries: int = 2
+    retry_delay_seconds: float = 5.0
+    """The first retry's delay; each further retry waits twice as long as the previous."""
+    append: bool = False
+    """Each fetch adds a partition (incremental sources) instead of replacing the fetch's one."""
+
+    @property
+    def every(self) -> str:
+        """The schedule, for people."""
+        if self.schedule is not None:
+            return f"cron {self.schedule!r} ({self.timezone})"
+        assert self.interval is not None
+        return f"every {self.interval.total_seconds():g} s"
+
+
 def _source_digest(fn: Callable[..., Any]) -> str:
     try:
         source = textwrap.dedent(inspect.getsource(fn))
@@ -78,6 +107,7 @@ class Pipeline:
             )
         self.name = name
         self.steps: dict[str, Step] = {}
+        self.fetches: dict[str, Fetch] = {}
         self.source: str | None = None
         """Where the pipeline was loaded from (``module:attr`` or ``file.py:attr``)."""
 
@@ -146,6 +176,77 @@ class Pipeline:
 
         return register(fn) if fn is not None else register
 
+    def fetch(
+        self,
+        *,
+        schedule: str | None = None,
+        interval: timedelta | float | None = None,
+        timezone: str = "UTC",
+        retries: int = 2,
+        retry_delay_seconds: float = 5.0,
+        append: bool = False,
+    ) -> Callable[[Fn], Fn]:
+        """Register a function that pulls data on a schedule (``schedule``, a cron expression,
+        or ``interval``, a ``timedelta`` or seconds) into the raw stage.
+
+        The function takes no parameters and returns a DataFrame, ``Fetched(content, format)``
+        (bytes in one of the readable formats) or None (nothing new). Its result lands as a
+        file of the pipeline and goes through the same ``process`` and ``analytics`` steps as
+        a dropped file; the same bytes again are skipped. With ``append=True`` each fetch adds
+        a partition (for incremental sources); by default each replaces the fetch's partition.
+        A failed fetch is retried ``retries`` times with exponential backoff starting at
+        ``retry_delay_seconds``.
+        """
+
+        def register(f: Fn) -> Fn:
+            name = getattr(f, "__name__", "")
+            where = f"fetch {name!r} of pipeline {self.name!r}"
+            if not callable(f) or not _NAME.match(name):
+                raise PipelineDefinitionError(
+                    f"{where}: the function name must be lowercase snake_case (it names the "
+                    "fetched file and the deployment)"
+                )
+            if name in self.fetches or name in self.steps or name == "raw":
+                raise PipelineDefinitionError(f"{where}: the name is already used")
+            if inspect.iscoroutinefunction(f):
+                raise PipelineDefinitionError(f"{where}: must be a plain function, not async")
+            required = [
+                p
+                for p in inspect.signature(f).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+            if required:
+                raise PipelineDefinitionError(
+                    f"{where}: takes no parameters (got {[p.name for p in required]}); "
+                    "read settings from the environment or a Prefect Secret block"
+                )
+            if (schedule is None) == (interval is None):
+                raise PipelineDefinitionError(
+                    f"{where}: give exactly one of schedule='<cron>' or interval=timedelta(...)"
+                )
+            every = timedelta(seconds=interval) if isinstance(interval, int | float) else interval
+            if every is not None and every.total_seconds() <= 0:
+                raise PipelineDefinitionError(f"{where}: interval must be positive")
+            if schedule is not None:
+                _check_cron(where, schedule)
+            if retries < 0 or retry_delay_seconds < 0:
+                raise PipelineDefinitionError(
+                    f"{where}: retries and retry_delay_seconds must be >= 0"
+                )
+            self.fetches[name] = Fetch(
+                name=name,
+                fn=f,
+                schedule=schedule,
+                interval=every,
+                timezone=timezone,
+                retries=retries,
+                retry_delay_seconds=retry_delay_seconds,
+                append=append,
+            )
+            return f
+
+        return register
+
     def _add(
         self,
         fn: Callable[..., Any],
@@ -161,7 +262,7 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"{where}: the function name must be lowercase snake_case (it names the asset)"
             )
-        if name in self.steps or name == "raw":
+        if name in self.steps or name in self.fetches or name == "raw":
             raise PipelineDefinitionError(
                 f"{where}: the name is already used"
                 + (" ('raw' is reserved for the landed file)" if name == "raw" else "")
@@ -261,6 +362,17 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"pipeline {self.name!r} has a dependency cycle: {cycle}"
             ) from None
+
+
+def _check_cron(where: str, expression: str) -> None:
+    from prefect.schedules import Cron
+
+    try:
+        Cron(expression)
+    except ValueError as exc:
+        raise PipelineDefinitionError(
+            f"{where}: schedule {expression!r} is not a valid cron expression ({exc})"
+        ) from None
 
 
 def is_path_spec(spec: str) -> bool:

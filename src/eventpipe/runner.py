@@ -12,11 +12,13 @@ any run whose event the stream dropped, and keeps the deployment marked ready.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +35,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import SyncClientContext, _deployment_id, _deployment_parameters
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
-from prefect.exceptions import Abort
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Crashed, Pending
@@ -43,23 +45,35 @@ log = logging.getLogger("eventpipe.runner")
 
 
 class PushRunner:
-    """Runs the scheduled runs of one deployment as soon as they appear."""
+    """Runs the scheduled runs of one deployment (or of several, of the same flow) as soon as
+    they are due: at once for a triggered run, at its scheduled time for one that Prefect's
+    scheduler created ahead of time."""
 
     def __init__(
         self,
         flow: Flow[..., Any],
-        deployment_id: UUID,
+        deployment_id: UUID | Sequence[UUID],
         *,
         sweep_seconds: float = 30.0,
         on_finished: Callable[[FlowRun, Any], None] | None = None,
+        respect_paused: bool = False,
     ) -> None:
         self.flow = flow
-        self.deployment_id = deployment_id
+        self.deployment_ids = (
+            [deployment_id] if isinstance(deployment_id, UUID) else list(deployment_id)
+        )
+        self.deployment_id = self.deployment_ids[0]
         self.sweep_seconds = sweep_seconds
         self.on_finished = on_finished
+        self.respect_paused = respect_paused
+        """Read the run's deployment before claiming it and leave it if paused (a schedule
+        paused in the UI): for deployments whose pause ``up`` does not manage."""
         self._queue: queue.Queue[UUID | None] = queue.Queue()
         self._queued: set[UUID] = set()
         self._lock = threading.Lock()
+        self._due: list[tuple[float, UUID]] = []
+        self._deferred: set[UUID] = set()
+        self._due_changed = threading.Condition()
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,6 +83,7 @@ class PushRunner:
                 target=self._listen_thread, name="eventpipe-runner-listen", daemon=True
             ),
             threading.Thread(target=self._execute_loop, name="eventpipe-runner-exec", daemon=True),
+            threading.Thread(target=self._due_loop, name="eventpipe-runner-due", daemon=True),
         ]
         self.paused = False
         """Set while the deployment is paused: scheduled runs are left alone."""
@@ -86,6 +101,8 @@ class PushRunner:
         """Stop listening; let the run in progress finish (up to ``timeout``)."""
         self._stop.set()
         self._queue.put(None)
+        with self._due_changed:
+            self._due_changed.notify_all()
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
@@ -99,7 +116,7 @@ class PushRunner:
 
     def submit(self, flow_run_id: UUID) -> None:
         with self._lock:
-            if flow_run_id in self._queued:
+            if flow_run_id in self._queued or flow_run_id in self._deferred:
                 return
             self._queued.add(flow_run_id)
         self._queue.put(flow_run_id)
@@ -121,7 +138,9 @@ class PushRunner:
         sweeper = asyncio.create_task(self._sweep_forever())
         stream_filter = EventFilter(
             event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Late"]),
-            any_resource=EventAnyResourceFilter(id=[f"prefect.deployment.{self.deployment_id}"]),
+            any_resource=EventAnyResourceFilter(
+                id=[f"prefect.deployment.{d}" for d in self.deployment_ids]
+            ),
         )
         retry = 0.5
         lost_at: float | None = None
@@ -165,11 +184,41 @@ class PushRunner:
 
     async def _sweep_once(self) -> None:
         async with get_client() as client:
+            # Runs due soon; later ones are announced by their Scheduled event and swept later.
             runs = await client.get_scheduled_flow_runs_for_deployments(
-                deployment_ids=[self.deployment_id]
+                deployment_ids=self.deployment_ids,
+                scheduled_before=datetime.now(UTC) + timedelta(seconds=self.sweep_seconds + 5),
             )
         for run in runs:
             self.submit(run.id)
+
+    # -- waiting for a run's scheduled time -------------------------------------------------------
+
+    def _defer(self, run_id: UUID, when: float) -> None:
+        with self._lock:
+            if run_id in self._deferred:
+                return
+            self._deferred.add(run_id)
+        with self._due_changed:
+            heapq.heappush(self._due, (when, run_id))
+            self._due_changed.notify_all()
+
+    def _due_loop(self) -> None:
+        """Submit each deferred run when its scheduled time arrives."""
+        with self._due_changed:
+            while not self._stop.is_set():
+                if not self._due:
+                    self._due_changed.wait()
+                    continue
+                when, run_id = self._due[0]
+                wait = when - time.time()
+                if wait > 0:
+                    self._due_changed.wait(wait)
+                    continue
+                heapq.heappop(self._due)
+                with self._lock:
+                    self._deferred.discard(run_id)
+                self.submit(run_id)
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -202,9 +251,22 @@ class PushRunner:
 
     def _claim_and_run(self, run_id: UUID) -> None:
         client = get_client(sync_client=True)
-        flow_run = client.read_flow_run(run_id)
+        try:
+            flow_run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return  # deleted: its deployment or schedule was paused, or it was rescheduled
         if flow_run.state is None or flow_run.state.type != StateType.SCHEDULED or self.paused:
             return  # already taken, finished or cancelled (the stream replays on connect)
+        due = flow_run.next_scheduled_start_time or flow_run.expected_start_time
+        if due is not None and due > datetime.now(UTC):
+            self._defer(run_id, due.timestamp())  # created ahead by Prefect's scheduler
+            return
+        if (
+            self.respect_paused
+            and flow_run.deployment_id is not None
+            and client.read_deployment(flow_run.deployment_id).paused
+        ):
+            return
         try:
             state = propose_state_sync(client, Pending(), flow_run_id=run_id)
         except Abort:
@@ -257,3 +319,22 @@ def crash_orphaned_runs(deployment_id: UUID) -> list[str]:
                 force=True,
             )
     return [run.name for run in runs]
+
+
+def skip_missed_runs(deployment_id: UUID, grace_seconds: float = 60.0) -> int:
+    """Cancel the deployment's scheduled runs that were due over ``grace_seconds`` ago, but
+    the newest: a scheduled fetch missed while nothing executed its runs needs one run now,
+    not one per missed tick. Returns how many were cancelled."""
+    from prefect.states import Cancelled
+
+    before = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+    with get_client(sync_client=True) as client:
+        runs = client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=[deployment_id], scheduled_before=before
+        )
+        missed = sorted(runs, key=lambda r: r.next_scheduled_start_time or before)[:-1]
+        for run in missed:
+            client.set_flow_run_state(
+                run.id, Cancelled(message="missed while eventpipe was stopped"), force=True
+            )
+    return len(missed)
