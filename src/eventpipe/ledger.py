@@ -449,6 +449,12 @@ class Ledger:
         with self._tx() as db:
             self._queue(db, event_id, body, file_id)
 
+    def queue_events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue many events in one transaction."""
+        with self._tx() as db:
+            for event_id, body in events:
+                self._queue(db, event_id, body, None)
+
     @staticmethod
     def _queue(
         db: sqlite3.Connection, event_id: str, body: dict[str, Any], file_id: int | None
