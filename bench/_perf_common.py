@@ -57,6 +57,24 @@ def sales(name: str, heavy: bool = False) -> Pipeline:
     return pipeline
 
 
+def by_day(partials: pd.DataFrame) -> pd.DataFrame:
+    return partials.groupby("day", as_index=False)[["orders", "revenue"]].sum()
+
+
+def by_region(partials: pd.DataFrame) -> pd.DataFrame:
+    totals = partials.groupby("region", as_index=False)[["revenue"]].sum()
+    return totals.sort_values(by="region", ignore_index=True)
+
+
+def combined(name: str) -> Pipeline:
+    """The same analytics in the map/combine form: per-partition partials, merged."""
+    pipeline = Pipeline(name)
+    pipeline.process(expects=demo.ORDER_COLUMNS)(demo.orders)
+    pipeline.analytics(combine=by_day)(demo.revenue_by_day)
+    pipeline.analytics(combine=by_region)(demo.revenue_by_region)
+    return pipeline
+
+
 def spec(attr: str) -> str:
     return f"{SELF}:{attr}"
 
@@ -198,3 +216,4 @@ def start_state() -> dict[str, Any]:
 
 plain = sales("perf_plain")
 heavy = sales("perf_heavy", heavy=True)
+combine = combined("perf_combine")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -239,6 +240,9 @@ def _read_table(path: str) -> Any:
 def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
     run = _CURRENT.get()
     step = run.pipeline.steps[step_name]
+    if step.combine is not None:
+        out = result_frame(step, step.combine(combined_partials(run, step, inputs)))
+        return _analytics_output(run, step, inputs, out)
     kwargs: dict[str, pd.DataFrame] = {}
     for name in step.inputs:
         if name in inputs.partitions:
@@ -247,7 +251,12 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
             )
         else:
             kwargs[name] = pd.read_parquet(run.store.version_path(name, inputs.upstream[name]))
-    out = result_frame(step, step.fn(**kwargs))
+    return _analytics_output(run, step, inputs, result_frame(step, step.fn(**kwargs)))
+
+
+def _analytics_output(
+    run: RunContext, step: Step, inputs: AnalyticsInputs, out: pd.DataFrame
+) -> Output:
     version, path = run.store.write_version(step.name, out)
     key = asset_key(file_uri(run.store.analytics_path(step.name)))
     add_asset_metadata(
@@ -261,6 +270,65 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
         rows=len(out),
         sources=tuple(sources + sorted(inputs.upstream)),
     )
+
+
+_PARTITION = "__eventpipe_partition__"
+_VERSION = "__eventpipe_partition_version__"
+
+
+def partials_path(run: RunContext, step: Step, fingerprint: str) -> Path:
+    """The partial results of a map/combine step for one set of input versions (a cache:
+    rebuilt from the partitions whenever it is missing or unreadable)."""
+    name = f"{step.code_version}-{fingerprint[:32]}.parquet"
+    return run.store.data / ".partials" / run.pipeline.name / step.name / name
+
+
+def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> pd.DataFrame:
+    """``step.fn`` applied to each current partition of its input, concatenated in partition
+    order. Partial results of unchanged partition versions come from the previous run's
+    bundle (one file), so only new or changed partitions are read."""
+    source = step.inputs[0]
+    wanted = inputs.partitions[source]
+    wanted_set = set(wanted)
+    frames: list[pd.DataFrame] = []
+    have: set[tuple[str, str]] = set()
+    previous_path = _previous_partials(run, step)
+    if previous_path is not None:
+        try:
+            previous = pd.read_parquet(previous_path)
+        except Exception:  # a cache: recompute what it held
+            log.warning("partial results %s unreadable; recomputing them", previous_path)
+        else:
+            pairs = list(zip(previous[_PARTITION], previous[_VERSION], strict=True))
+            frames.append(previous[[pair in wanted_set for pair in pairs]])
+            have = wanted_set.intersection(pairs)
+    for partition, version in wanted:
+        if (partition, version) in have:
+            continue
+        part = pd.read_parquet(run.store.version_path(source, version))
+        partial = result_frame(step, step.fn(**{source: part}))
+        frames.append(partial.assign(**{_PARTITION: partition, _VERSION: version}))
+    bundle = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(bundle):
+        order = {p: i for i, (p, _) in enumerate(wanted)}
+        bundle = bundle.iloc[bundle[_PARTITION].map(order).argsort(kind="stable")]
+    target = partials_path(run, step, inputs.fingerprint)
+    if target != previous_path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
+        bundle.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+        if previous_path is not None:
+            previous_path.unlink(missing_ok=True)
+    return bundle.drop(columns=[_PARTITION, _VERSION], errors="ignore").reset_index(drop=True)
+
+
+def _previous_partials(run: RunContext, step: Step) -> Path | None:
+    row = run.ledger.asset(run.pipeline.name, step.name)
+    if row is None or row.code_version != step.code_version:
+        return None
+    path = partials_path(run, step, row.input_fingerprint)
+    return path if path.exists() else None
 
 
 _TEMPLATES: dict[tuple[Any, ...], Any] = {}
