@@ -150,8 +150,11 @@ def requeue_done(data: Path, pipeline: str) -> int:
 def run_flow(
     pipeline_spec: str, data: Path, task_runner: Any = None
 ) -> tuple[float, dict[str, Any]]:
-    """One materialize run in this process, as the push runner executes it (no heartbeat
-    thread); returns (seconds, the run's summary)."""
+    """One materialize run executed in this process as the push runner executes it: the run
+    is created first (the deployment trigger's job, not timed), then run by Prefect's engine
+    with no heartbeat thread; returns (seconds, the run's summary)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow as execute
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from eventpipe.flows import materialize_pipeline
@@ -159,10 +162,15 @@ def run_flow(
     flow = materialize_pipeline
     if task_runner is not None:
         flow = flow.with_options(task_runner=task_runner)
+    parameters = {"pipeline": pipeline_spec, "data": str(data)}
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(flow, parameters=parameters)
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         started = time.perf_counter()
-        summary = flow(pipeline_spec, str(data))
-        return time.perf_counter() - started, summary
+        state = execute(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        seconds = time.perf_counter() - started
+    summary: dict[str, Any] = state.result()
+    return seconds, summary
 
 
 def warm(root: Path, pipeline_spec: str) -> None:

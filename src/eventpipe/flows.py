@@ -162,69 +162,50 @@ def _deliver(ledger: Ledger) -> None:
         log.warning("could not deliver events now; they stay in the outbox", exc_info=True)
 
 
+DRAIN_ROUNDS = 10
+"""A run claims again the files that landed while it worked, up to this many times: a burst
+is drained by the run that is already warm, not left to triggers (a server busy ingesting a
+burst's events can fail a trigger's run-deployment action with 503)."""
+
+
 def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
     pipe, ledger, report = run.pipeline, run.ledger, run.report
     logger = get_run_logger()
     t0 = time.perf_counter()
     lost = steps.restore_outputs(run)
     log.debug("run body started")
-    claimed = ledger.claim_pending(pipe.name, run.run_id)
-    claimed_ids = {row.id for row in claimed}
-    work: dict[int, tuple[FileRow, set[str]]] = {
-        row.id: (row, {s.name for s in pipe.process_steps}) for row in claimed
-    }
+    lost_names = {(r.name, r.partition) for r in lost}
     # Partitions computed by older step code, or whose every copy is gone, are recomputed.
     current = {row.relative: row for row in ledger.current_files(pipe.name)}
-    lost_names = {(r.name, r.partition) for r in lost}
+    stale: dict[int, tuple[FileRow, set[str]]] = {}
     for step in pipe.process_steps:
         for asset in ledger.assets(pipe.name, step.name):
-            stale = (
-                asset.code_version != step.code_version
-                or (step.name, asset.partition) in lost_names
-            )
-            row = current.get(partition_relative(asset.partition))
-            if stale and row is not None:
-                work.setdefault(row.id, (row, set()))[1].add(step.name)
-    oldest = min((r.seen_at for r in claimed), default=None)
+            if asset.code_version != step.code_version or (step.name, asset.partition) in (
+                lost_names
+            ):
+                row = current.get(partition_relative(asset.partition))
+                if row is not None:
+                    stale.setdefault(row.id, (row, set()))[1].add(step.name)
 
     changed_partitions: dict[str, list[str]] = {}
     done: list[int] = []
-    todo: list[tuple[FileRow, set[str], FileLine | None]] = []
-    current_assets = {(a.name, a.partition): a for a in ledger.assets(pipe.name)}
-    for row, wanted in (work[k] for k in sorted(work)):
-        line = FileLine(name=row.relative, outcome="processed")
-        if row.id in claimed_ids:
-            report.files.append(line)
-        partition = partition_name(row.relative)
-        kept = [
-            a
-            for s in pipe.process_steps
-            if s.name in wanted
-            and (a := current_assets.get((s.name, partition))) is not None
-            and _still_current(a, row, s, lost_names)
-        ]
-        if len(kept) < len(wanted):
-            todo.append((row, wanted, line))
-            continue
-        # Same bytes, same step code, current output in place: nothing to run, not even a
-        # cached task (which would cost a task run per step and emit nothing).
-        line.outcome, line.detail = "skipped", "unchanged: same sha256 and step code"
-        line.rows_out = sum(a.rows for a in kept)
-        for asset in kept:
-            _skipped(
-                run,
-                asset.key,
-                pipe.steps[asset.name],
-                "unchanged: same raw sha256 and step code version; current partition kept",
+    oldest: float | None = None
+    for round_ in range(DRAIN_ROUNDS):
+        claimed = ledger.claim_pending(pipe.name, run.run_id)
+        if round_ and not claimed:
+            break
+        if round_:
+            log.info(
+                "run %s: %d more file(s) landed meanwhile; taking them", run.run_id, len(claimed)
             )
-        if row.id in claimed_ids:
-            done.append(row.id)
-    report.add_time("check", time.perf_counter() - t0)
-
-    for result in _process_files(run, todo, claimed_ids):
-        done += result.done
-        for name, keys in result.changed.items():
-            changed_partitions.setdefault(name, []).extend(keys)
+        seen = [r.seen_at for r in claimed] + ([oldest] if oldest is not None else [])
+        oldest = min(seen, default=None)
+        work = {row.id: (row, {s.name for s in pipe.process_steps}) for row in claimed}
+        for row_id, (row, names) in stale.items() if not round_ else ():
+            work.setdefault(row_id, (row, set()))[1].update(names)
+        if not round_:
+            report.add_time("check", time.perf_counter() - t0)
+        _process_work(run, work, {r.id for r in claimed}, lost_names, changed_partitions, done)
 
     _run_analytics(run, changed_partitions, logger)
     run.flush_events()
@@ -250,6 +231,53 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
     return payload
 
 
+def _process_work(
+    run: steps.RunContext,
+    work: dict[int, tuple[FileRow, set[str]]],
+    claimed_ids: set[int],
+    lost_names: set[tuple[str, str]],
+    changed_partitions: dict[str, list[str]],
+    done: list[int],
+) -> None:
+    """Skip what is already current, process the rest; extend ``changed_partitions`` and
+    ``done``."""
+    pipe = run.pipeline
+    todo: list[tuple[FileRow, set[str], FileLine | None]] = []
+    current_assets = {(a.name, a.partition): a for a in run.ledger.assets(pipe.name)}
+    for row, wanted in (work[k] for k in sorted(work)):
+        line = FileLine(name=row.relative, outcome="processed")
+        if row.id in claimed_ids:
+            run.report.files.append(line)
+        partition = partition_name(row.relative)
+        kept = [
+            a
+            for s in pipe.process_steps
+            if s.name in wanted
+            and (a := current_assets.get((s.name, partition))) is not None
+            and _still_current(a, row, s, lost_names)
+        ]
+        if len(kept) < len(wanted):
+            todo.append((row, wanted, line))
+            continue
+        # Same bytes, same step code, current output in place: nothing to run, not even a
+        # cached task (which would cost a task run per step and emit nothing).
+        line.outcome, line.detail = "skipped", "unchanged: same sha256 and step code"
+        line.rows_out = sum(a.rows for a in kept)
+        for asset in kept:
+            _skipped(
+                run,
+                asset.key,
+                pipe.steps[asset.name],
+                "unchanged: same raw sha256 and step code version; current partition kept",
+            )
+        if row.id in claimed_ids:
+            done.append(row.id)
+    for result in _process_files(run, todo, claimed_ids):
+        done += result.done
+        for name, keys in result.changed.items():
+            changed_partitions.setdefault(name, []).extend(keys)
+
+
 def _still_current(asset: AssetRow, row: FileRow, step: Step, lost: set[tuple[str, str]]) -> bool:
     """Whether ``asset`` (a partition) already is ``step`` applied to ``row``'s bytes."""
     return (
@@ -265,7 +293,7 @@ class _FileResult:
     changed: dict[str, list[str]] = field(default_factory=dict)
 
 
-PARTITION_WORKERS = 4
+PARTITION_WORKERS = 8
 """Files processed at once by the default task runner. Each file is a chain of Prefect task
 runs whose time is mostly the engine's and I/O (fsync, SQLite, sockets): threads overlap
 those waits even on 2 cores."""

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_state ON files (pipeline, state);
 CREATE INDEX IF NOT EXISTS files_sha ON files (pipeline, sha256);
 CREATE INDEX IF NOT EXISTS files_uri ON files (pipeline, uri, landed_seq);
+CREATE INDEX IF NOT EXISTS files_seq ON files (landed_seq);
 CREATE TABLE IF NOT EXISTS objects (
     pipeline TEXT NOT NULL,
     uri TEXT NOT NULL,
