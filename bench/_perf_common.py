@@ -91,7 +91,7 @@ def prefect_server(prefix: str) -> Iterator[Path]:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     server = configure_prefect_env(root)
     started = time.monotonic()
-    server.start(timeout=180)
+    server.start(timeout=600)
     print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
     try:
         yield root
@@ -194,6 +194,7 @@ def write_results(name: str, body: dict[str, Any], code_at_start: dict[str, Any]
         "git": code_at_start,
         "code_changed_during_run": code_at_start != git_state(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "eventpipe_imported_from": str(Path(demo.__file__).parent),
         "note": "measured on a shared 2-core machine (other engineers ran tests); "
         "compare the ratios of figures taken side by side in this one run",
     }

@@ -31,6 +31,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="100,1000", help="burst sizes, comma-separated")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per burst")
     parser.add_argument("--quick", action="store_true", help="bursts of 50 and 300 files")
+    parser.add_argument(
+        "--results",
+        default=NAME,
+        help="results file name (e.g. burst-baseline, when run with PYTHONPATH=<old src>)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "50,300"
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "bursts": results,
         "goal": "1000 files: <= 60 s to all done, <= 20 flow runs",
     }
-    common.write_results(NAME, result, code)
+    common.write_results(args.results, result, code)
     return result
 
 
