@@ -36,23 +36,10 @@ RESULTS = BENCH / "results"
 SELF = BENCH / "_perf_common.py"
 
 
-def sales(name: str, heavy: bool = False) -> Pipeline:
-    """The demo's process step and analytics; ``heavy`` adds CPU work to the process step
-    (about 40 ms per 50-row file: a pure-Python loop, so it holds the GIL as real parsing
-    and cleaning code does)."""
+def sales(name: str) -> Pipeline:
+    """The demo's process step and its two first-level analytics, under another name."""
     pipeline = Pipeline(name)
-    if heavy:
-
-        @pipeline.process(expects=demo.ORDER_COLUMNS)
-        def orders(raw: pd.DataFrame) -> pd.DataFrame:
-            out = demo.orders(raw)
-            checksum = 0
-            for i in range(400_000):
-                checksum = (checksum * 31 + i) % 1_000_003
-            return out.assign(checksum=checksum)
-
-    else:
-        pipeline.process(expects=demo.ORDER_COLUMNS)(demo.orders)
+    pipeline.process(expects=demo.ORDER_COLUMNS)(demo.orders)
     pipeline.analytics(demo.revenue_by_day)
     pipeline.analytics(demo.revenue_by_region)
     return pipeline
@@ -225,6 +212,5 @@ def start_state() -> dict[str, Any]:
 
 
 plain = sales("perf_plain")
-heavy = sales("perf_heavy", heavy=True)
 with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
     combine = combined("perf_combine")
