@@ -1,4 +1,4 @@
-"""What the engine benchmarks (rerun, incremental, burst, dask_speedup) share: a Prefect server
+"""What the engine benchmarks (rerun, incremental, burst) share: a Prefect server
 for the whole script, files recorded in a ledger as the watcher would, one materialize run
 called in-process as the push runner calls it, and results written with the machine's facts.
 
