@@ -9,8 +9,11 @@ output behind.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from eventpipe import steps
 from eventpipe.artifacts import FileLine, RunReport, artifact_key, table_rows
 from eventpipe.exceptions import EventpipeError, RejectedInput
 from eventpipe.keys import asset_key, file_uri, partition_name, partition_relative
-from eventpipe.ledger import FileRow, Ledger
+from eventpipe.ledger import AssetRow, FileRow, Ledger
 from eventpipe.models import AnalyticsInputs, Output, RawFile
 from eventpipe.pipeline import Step
 from eventpipe.readers import read_frame
@@ -79,6 +82,7 @@ def materialize_pipeline(
         with steps.bound(run):
             summary = _materialize(run, started)
     finally:
+        run.flush_events()
         _deliver(ledger)
         ledger.close()
     if summary["failed"]:
@@ -106,7 +110,7 @@ def _skipped(run: steps.RunContext, key: str, step: Step, reason: str) -> None:
             "code_version": step.code_version,
         },
     )
-    run.ledger.queue_event(event_id, body)
+    run.events.append((event_id, body))
 
 
 def _updated(
@@ -143,7 +147,7 @@ def _updated(
             "code_version": step.code_version,
         },
     )
-    run.ledger.queue_event(event_id, body)
+    run.events.append((event_id, body))
 
 
 def _deliver(ledger: Ledger) -> None:
@@ -158,92 +162,53 @@ def _deliver(ledger: Ledger) -> None:
         log.warning("could not deliver events now; they stay in the outbox", exc_info=True)
 
 
+DRAIN_ROUNDS = 10
+"""A run claims again the files that landed while it worked, up to this many times: a burst
+is drained by the run that is already warm, not left to triggers (a server busy ingesting a
+burst's events can fail a trigger's run-deployment action with 503)."""
+
+
 def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
-    pipe, store, ledger, report = run.pipeline, run.store, run.ledger, run.report
+    pipe, ledger, report = run.pipeline, run.ledger, run.report
     logger = get_run_logger()
     t0 = time.perf_counter()
     lost = steps.restore_outputs(run)
     log.debug("run body started")
-    claimed = ledger.claim_pending(pipe.name, run.run_id)
-    claimed_ids = {row.id for row in claimed}
-    work: dict[int, tuple[FileRow, set[str]]] = {
-        row.id: (row, {s.name for s in pipe.process_steps}) for row in claimed
-    }
+    lost_names = {(r.name, r.partition) for r in lost}
     # Partitions computed by older step code, or whose every copy is gone, are recomputed.
     current = {row.relative: row for row in ledger.current_files(pipe.name)}
-    lost_names = {(r.name, r.partition) for r in lost}
+    stale: dict[int, tuple[FileRow, set[str]]] = {}
     for step in pipe.process_steps:
         for asset in ledger.assets(pipe.name, step.name):
-            stale = (
-                asset.code_version != step.code_version
-                or (step.name, asset.partition) in lost_names
-            )
-            row = current.get(partition_relative(asset.partition))
-            if stale and row is not None:
-                work.setdefault(row.id, (row, set()))[1].add(step.name)
-    report.add_time("check", time.perf_counter() - t0)
-    oldest = min((r.seen_at for r in claimed), default=None)
+            if asset.code_version != step.code_version or (step.name, asset.partition) in (
+                lost_names
+            ):
+                row = current.get(partition_relative(asset.partition))
+                if row is not None:
+                    stale.setdefault(row.id, (row, set()))[1].add(step.name)
 
     changed_partitions: dict[str, list[str]] = {}
     done: list[int] = []
-    for row, wanted in (work[k] for k in sorted(work)):
-        line = FileLine(name=row.relative, outcome="processed")
-        if row.id in claimed_ids:
-            report.files.append(line)
-        raw_task = steps.materializing_task(
-            steps.materialize_raw,
-            steps.raw_key(row),
-            f"{pipe.name}/raw/{row.relative}",
-            {"name": "raw", "cache_policy": NO_CACHE},
-        )
-        t = time.perf_counter()
-        raw_state: State[Any] = raw_task(row, return_state=True)
-        report.add_time("raw", time.perf_counter() - t)
-        if not raw_state.is_completed():
-            _close_failed(run, row, line, raw_state)
-            continue
-        raw: RawFile = raw_state.result()
-        line.rows_in = len(run.frames.get(row.id, ()))
-        partition = partition_name(row.relative)
-        ok = True
-        for step in pipe.process_steps:
-            if step.name not in wanted:
-                continue
-            path = store.processed_path(step.name, partition)
-            key = asset_key(file_uri(path))
-            task = steps.materializing_task(
-                steps.process,
-                key,
-                f"{pipe.name}/{step.name}/{row.relative}",
-                steps.task_options(run, step),
+    oldest: float | None = None
+    for round_ in range(DRAIN_ROUNDS):
+        claimed = ledger.claim_pending(pipe.name, run.run_id)
+        if round_ and not claimed:
+            break
+        if round_:
+            log.info(
+                "run %s: %d more file(s) landed meanwhile; taking them", run.run_id, len(claimed)
             )
-            t = time.perf_counter()
-            state, cached = steps.run_step(task, step.name, raw)
-            report.add_time(f"process:{step.name}", time.perf_counter() - t)
-            if not state.is_completed():
-                ok = False
-                _close_failed(run, row, line, state)
-                break
-            out: Output = state.result()
-            steps.publish(run, step, "processed", partition, path, out, raw.fingerprint)
-            log.debug("partition %s/%s published", step.name, partition)
-            line.rows_out += out.rows
-            changed_partitions.setdefault(step.name, []).append(key)
-            if cached:
-                _skipped(
-                    run,
-                    key,
-                    step,
-                    "cache hit: same raw sha256 and step code version; "
-                    "current output restored from its version",
-                )
-            else:
-                _updated(run, step, out, partition, {"raw": raw.fingerprint}, [asset_key(raw.uri)])
-        if ok and row.id in claimed_ids:
-            done.append(row.id)
-        run.frames.pop(row.id, None)
+        seen = [r.seen_at for r in claimed] + ([oldest] if oldest is not None else [])
+        oldest = min(seen, default=None)
+        work = {row.id: (row, {s.name for s in pipe.process_steps}) for row in claimed}
+        for row_id, (row, names) in stale.items() if not round_ else ():
+            work.setdefault(row_id, (row, set()))[1].update(names)
+        if not round_:
+            report.add_time("check", time.perf_counter() - t0)
+        _process_work(run, work, {r.id for r in claimed}, lost_names, changed_partitions, done)
 
     _run_analytics(run, changed_partitions, logger)
+    run.flush_events()
     # A file is done once everything downstream of it is current.
     ledger.finish_many(done, "done")
     freshness = time.time() - oldest if oldest is not None else None
@@ -264,6 +229,166 @@ def _materialize(run: steps.RunContext, started: float) -> dict[str, Any]:
     ledger.queue_event(event_id, body)
     logger.info("pipeline %s: %s", pipe.name, payload)
     return payload
+
+
+def _process_work(
+    run: steps.RunContext,
+    work: dict[int, tuple[FileRow, set[str]]],
+    claimed_ids: set[int],
+    lost_names: set[tuple[str, str]],
+    changed_partitions: dict[str, list[str]],
+    done: list[int],
+) -> None:
+    """Skip what is already current, process the rest; extend ``changed_partitions`` and
+    ``done``."""
+    pipe = run.pipeline
+    todo: list[tuple[FileRow, set[str], FileLine | None]] = []
+    current_assets = {(a.name, a.partition): a for a in run.ledger.assets(pipe.name)}
+    for row, wanted in (work[k] for k in sorted(work)):
+        line = FileLine(name=row.relative, outcome="processed")
+        if row.id in claimed_ids:
+            run.report.files.append(line)
+        partition = partition_name(row.relative)
+        kept = [
+            a
+            for s in pipe.process_steps
+            if s.name in wanted
+            and (a := current_assets.get((s.name, partition))) is not None
+            and _still_current(a, row, s, lost_names)
+        ]
+        if len(kept) < len(wanted):
+            todo.append((row, wanted, line))
+            continue
+        # Same bytes, same step code, current output in place: nothing to run, not even a
+        # cached task (which would cost a task run per step and emit nothing).
+        line.outcome, line.detail = "skipped", "unchanged: same sha256 and step code"
+        line.rows_out = sum(a.rows for a in kept)
+        for asset in kept:
+            _skipped(
+                run,
+                asset.key,
+                pipe.steps[asset.name],
+                "unchanged: same raw sha256 and step code version; current partition kept",
+            )
+        if row.id in claimed_ids:
+            done.append(row.id)
+    for result in _process_files(run, todo, claimed_ids):
+        done += result.done
+        for name, keys in result.changed.items():
+            changed_partitions.setdefault(name, []).extend(keys)
+
+
+def _still_current(asset: AssetRow, row: FileRow, step: Step, lost: set[tuple[str, str]]) -> bool:
+    """Whether ``asset`` (a partition) already is ``step`` applied to ``row``'s bytes."""
+    return (
+        asset.input_fingerprint == row.sha256
+        and asset.code_version == step.code_version
+        and (asset.name, asset.partition) not in lost
+    )
+
+
+@dataclass
+class _FileResult:
+    done: list[int] = field(default_factory=list)
+    changed: dict[str, list[str]] = field(default_factory=dict)
+
+
+PARTITION_WORKERS = 8
+"""Files processed at once by the default task runner. Each file is a chain of Prefect task
+runs whose time is mostly the engine's and I/O (fsync, SQLite, sockets): threads overlap
+those waits even on 2 cores."""
+
+
+def _process_files(
+    run: steps.RunContext,
+    todo: list[tuple[FileRow, set[str], FileLine | None]],
+    claimed_ids: set[int],
+) -> list[_FileResult]:
+    """raw -> process steps for each file of ``todo``, several files at once."""
+    if len(todo) <= 1:
+        return [_process_file(run, row, wanted, line, claimed_ids) for row, wanted, line in todo]
+    with ThreadPoolExecutor(
+        max_workers=min(PARTITION_WORKERS, len(todo)), thread_name_prefix="eventpipe-partition"
+    ) as pool:
+        # Each file runs in a copy of this context: the flow run and the eventpipe run.
+        futures = [
+            pool.submit(
+                contextvars.copy_context().run,
+                _process_file,
+                run,
+                row,
+                wanted,
+                line,
+                claimed_ids,
+            )
+            for row, wanted, line in todo
+        ]
+        return [f.result() for f in futures]
+
+
+def _process_file(
+    run: steps.RunContext,
+    row: FileRow,
+    wanted: set[str],
+    line: FileLine | None,
+    claimed_ids: set[int],
+) -> _FileResult:
+    pipe, store = run.pipeline, run.store
+    result = _FileResult()
+    line = line or FileLine(name=row.relative, outcome="processed")
+    raw_task = steps.materializing_task(
+        steps.materialize_raw,
+        steps.raw_key(row),
+        f"{pipe.name}/raw/{row.relative}",
+        {"name": "raw", "cache_policy": NO_CACHE},
+    )
+    t = time.perf_counter()
+    raw_state: State[Any] = raw_task(row, return_state=True)
+    run.add_time("raw", time.perf_counter() - t)
+    if not raw_state.is_completed():
+        _close_failed(run, row, line, raw_state)
+        return result
+    raw: RawFile = raw_state.result()
+    line.rows_in = len(run.frames.get(row.id, ()))
+    partition = partition_name(row.relative)
+    try:
+        for step in pipe.process_steps:
+            if step.name not in wanted:
+                continue
+            path = store.processed_path(step.name, partition)
+            key = asset_key(file_uri(path))
+            task = steps.materializing_task(
+                steps.process,
+                key,
+                f"{pipe.name}/{step.name}/{row.relative}",
+                steps.task_options(run, step),
+            )
+            t = time.perf_counter()
+            state, cached = steps.run_step(task, step.name, raw)
+            run.add_time(f"process:{step.name}", time.perf_counter() - t)
+            if not state.is_completed():
+                _close_failed(run, row, line, state)
+                return result
+            out: Output = state.result()
+            steps.publish(run, step, "processed", partition, path, out, raw.fingerprint)
+            log.debug("partition %s/%s published", step.name, partition)
+            line.rows_out += out.rows
+            result.changed.setdefault(step.name, []).append(key)
+            if cached:
+                _skipped(
+                    run,
+                    key,
+                    step,
+                    "cache hit: same raw sha256 and step code version; "
+                    "current output restored from its version",
+                )
+            else:
+                _updated(run, step, out, partition, {"raw": raw.fingerprint}, [asset_key(raw.uri)])
+    finally:
+        run.frames.pop(row.id, None)
+    if row.id in claimed_ids:
+        result.done.append(row.id)
+    return result
 
 
 def _close_failed(run: steps.RunContext, row: FileRow, line: FileLine, state: State[Any]) -> None:
@@ -301,7 +426,11 @@ def _run_analytics(run: steps.RunContext, changed: dict[str, list[str]], logger:
             if prepared is None:
                 logger.info("analytics %s waits: an input has no data yet", step.name)
                 continue
-            task, inputs, refresh = prepared
+            task, inputs, refresh, kept = prepared
+            if kept is not None:  # inputs and code as for the current version: no task at all
+                versions[step.name] = kept.version
+                _skipped(run, kept.key, step, "unchanged: same input versions and code version")
+                continue
             if refresh:  # its cached version file is gone: compute it afresh
                 task = task.with_options(refresh_cache=True)
             submitted.append((step, inputs, task.submit(step.name, inputs), time.perf_counter()))
@@ -338,9 +467,10 @@ def _run_analytics(run: steps.RunContext, changed: dict[str, list[str]], logger:
 
 def _prepare_analytics(
     run: steps.RunContext, step: Step, versions: dict[str, str], changed: dict[str, list[str]]
-) -> tuple[Any, AnalyticsInputs, bool] | None:
-    """The task and the version-described inputs of one analytics step, or None while one of
-    its inputs has no data."""
+) -> tuple[Any, AnalyticsInputs, bool, AssetRow | None] | None:
+    """The task and the version-described inputs of one analytics step, whether its cache
+    must be refreshed, and its current version if that already is this computation; None
+    while one of its inputs has no data."""
     pipe, store, ledger = run.pipeline, run.store, run.ledger
     partitions: dict[str, tuple[tuple[str, str], ...]] = {}
     upstream: dict[str, str] = {}
@@ -359,12 +489,15 @@ def _prepare_analytics(
             deps.append(asset_key(file_uri(store.analytics_path(name))))
     inputs = AnalyticsInputs(name=step.name, partitions=partitions, upstream=upstream)
     previous = ledger.asset(pipe.name, step.name)
-    refresh = (
+    same = (
         previous is not None
         and previous.input_fingerprint == inputs.fingerprint
         and previous.code_version == step.code_version
-        and not store.version_path(step.name, previous.version).exists()
     )
+    exists = previous is not None and store.version_path(step.name, previous.version).exists()
+    if same and exists:
+        return None, inputs, False, previous
+    refresh = same and not exists
     task = steps.materializing_task(
         steps.analytics,
         asset_key(file_uri(store.analytics_path(step.name))),
@@ -372,7 +505,7 @@ def _prepare_analytics(
         steps.task_options(run, step),
         deps[: steps.MAX_ASSET_DEPS],
     )
-    return task, inputs, refresh
+    return task, inputs, refresh, None
 
 
 def _artifacts(run: steps.RunContext) -> None:

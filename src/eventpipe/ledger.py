@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_state ON files (pipeline, state);
 CREATE INDEX IF NOT EXISTS files_sha ON files (pipeline, sha256);
 CREATE INDEX IF NOT EXISTS files_uri ON files (pipeline, uri, landed_seq);
+CREATE INDEX IF NOT EXISTS files_seq ON files (landed_seq);
 CREATE TABLE IF NOT EXISTS objects (
     pipeline TEXT NOT NULL,
     uri TEXT NOT NULL,
@@ -477,6 +478,12 @@ class Ledger:
     def queue_event(self, event_id: str, body: dict[str, Any], file_id: int | None = None) -> None:
         with self._tx() as db:
             self._queue(db, event_id, body, file_id)
+
+    def queue_events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue many events in one transaction."""
+        with self._tx() as db:
+            for event_id, body in events:
+                self._queue(db, event_id, body, None)
 
     @staticmethod
     def _queue(

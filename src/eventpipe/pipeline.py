@@ -49,10 +49,17 @@ class Step:
     retry_delay_seconds: float = 0
     version: str | None = None
     expects: Schema | None = None
+    combine: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    """Map/combine analytics: ``fn`` runs once per partition (cached), ``combine`` merges
+    the partial results."""
     code_version: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        self.code_version = self.version or _source_digest(self.fn)
+        digest = _source_digest(self.fn)
+        if self.combine is not None:
+            digest = hashlib.sha256(f"{digest}+{_source_digest(self.combine)}".encode()).hexdigest()
+            digest = digest[:16]
+        self.code_version = self.version or digest
 
 
 FETCH_FORMATS = ("parquet", "csv", "csv.gz", "json", "jsonl")
@@ -153,7 +160,12 @@ class Pipeline:
     def analytics(self, fn: Fn, /) -> Fn: ...
     @overload
     def analytics(
-        self, *, retries: int = 0, retry_delay_seconds: float = 0, version: str | None = None
+        self,
+        *,
+        retries: int = 0,
+        retry_delay_seconds: float = 0,
+        version: str | None = None,
+        combine: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> Callable[[Fn], Fn]: ...
     def analytics(  # type: ignore[misc]  # as for process()
         self,
@@ -163,15 +175,22 @@ class Pipeline:
         retries: int = 0,
         retry_delay_seconds: float = 0,
         version: str | None = None,
+        combine: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> Fn | Callable[[Fn], Fn]:
         """Register an asset computed from other steps, named by its parameters.
 
         A parameter named after a process step receives all of that step's partitions
         concatenated; one named after another analytics step receives that asset.
+
+        With ``combine``, the step is computed map/combine: the function takes one
+        parameter, a process step, and runs on each partition alone (its result is kept per
+        partition version, so a new file costs one partition's work); ``combine`` receives
+        those partial results concatenated and returns the asset. The result must not
+        depend on how the rows were split into partitions (sums, counts summed, min, max).
         """
 
         def register(f: Fn) -> Fn:
-            self._add(f, "analytics", retries, retry_delay_seconds, version, None)
+            self._add(f, "analytics", retries, retry_delay_seconds, version, None, combine)
             return f
 
         return register(fn) if fn is not None else register
@@ -255,6 +274,7 @@ class Pipeline:
         retry_delay_seconds: float,
         version: str | None,
         expects: Schema | None,
+        combine: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> None:
         name = getattr(fn, "__name__", "")
         where = f"{kind} step {name!r} of pipeline {self.name!r}"
@@ -285,6 +305,11 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"{where}: takes no parameters; name a process or analytics step as a parameter"
             )
+        if combine is not None and (not callable(combine) or len(inputs) != 1):
+            raise PipelineDefinitionError(
+                f"{where}: with combine=, the function takes exactly one parameter, a process "
+                f"step (got {list(inputs)}), and combine must be a function of one DataFrame"
+            )
         if retries < 0 or retry_delay_seconds < 0:
             raise PipelineDefinitionError(f"{where}: retries and retry_delay_seconds must be >= 0")
         self.steps[name] = Step(
@@ -296,6 +321,7 @@ class Pipeline:
             retry_delay_seconds=retry_delay_seconds,
             version=version,
             expects=expects,
+            combine=combine,
         )
 
     @property
@@ -354,6 +380,11 @@ class Pipeline:
                         f"analytics step {step.name!r} of pipeline {self.name!r}: parameter "
                         f"{dep!r} names no step (known steps: {known})"
                     )
+            if step.combine is not None and self.steps[step.inputs[0]].kind != "process":
+                raise PipelineDefinitionError(
+                    f"analytics step {step.name!r} of pipeline {self.name!r}: combine= needs "
+                    f"its parameter to name a process step; {step.inputs[0]!r} is analytics"
+                )
         graph = {s.name: set(s.inputs) for s in self.steps.values() if s.kind == "analytics"}
         try:
             tuple(TopologicalSorter(graph).static_order())

@@ -7,11 +7,15 @@ imported there, not pickled.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -68,6 +72,20 @@ class RunContext:
     frames: dict[int, pd.DataFrame] = field(default_factory=dict)
     mirror: Callable[[Path], str] | None = None
     """Publishes a current output elsewhere too (a bucket); returns where."""
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Asset events of this run, queued in the outbox together (one transaction, not one
+    per partition) before any file is marked done."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self._lock:  # files are processed by several threads
+            self.report.add_time(stage, seconds)
+
+    def flush_events(self) -> None:
+        if self.events:
+            batch, self.events = self.events, []
+            self.ledger.queue_events(batch)
 
     def raw_frame(self, raw: RawFile) -> pd.DataFrame:
         frame = self.frames.get(raw.file_id)
@@ -196,9 +214,17 @@ def process(step_name: str, raw: RawFile) -> Output:
 
 
 def read_versions(paths: list[str]) -> pd.DataFrame:
+    """The partitions at ``paths``, concatenated in order (columns unified permissively).
+
+    Read by a few threads: parquet decoding releases the GIL, and a pipeline with a thousand
+    partitions would otherwise pay a thousand sequential opens on every analytics run."""
     if not paths:
         return pd.DataFrame()
-    tables = [pq.read_table(p) for p in paths]
+    if len(paths) == 1:
+        tables = [pq.read_table(paths[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            tables = list(pool.map(_read_table, paths))
     table = (
         tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     )
@@ -206,9 +232,17 @@ def read_versions(paths: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _read_table(path: str) -> Any:
+    # One thread per file already: no nested thread pool inside each read.
+    return pq.read_table(path, use_threads=False)
+
+
 def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
     run = _CURRENT.get()
     step = run.pipeline.steps[step_name]
+    if step.combine is not None:
+        out = result_frame(step, step.combine(combined_partials(run, step, inputs)))
+        return _analytics_output(run, step, inputs, out)
     kwargs: dict[str, pd.DataFrame] = {}
     for name in step.inputs:
         if name in inputs.partitions:
@@ -217,7 +251,12 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
             )
         else:
             kwargs[name] = pd.read_parquet(run.store.version_path(name, inputs.upstream[name]))
-    out = result_frame(step, step.fn(**kwargs))
+    return _analytics_output(run, step, inputs, result_frame(step, step.fn(**kwargs)))
+
+
+def _analytics_output(
+    run: RunContext, step: Step, inputs: AnalyticsInputs, out: pd.DataFrame
+) -> Output:
     version, path = run.store.write_version(step.name, out)
     key = asset_key(file_uri(run.store.analytics_path(step.name)))
     add_asset_metadata(
@@ -233,7 +272,66 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
     )
 
 
-_TASKS: dict[tuple[Any, ...], Any] = {}
+_PARTITION = "__eventpipe_partition__"
+_VERSION = "__eventpipe_partition_version__"
+
+
+def partials_path(run: RunContext, step: Step, fingerprint: str) -> Path:
+    """The partial results of a map/combine step for one set of input versions (a cache:
+    rebuilt from the partitions whenever it is missing or unreadable)."""
+    name = f"{step.code_version}-{fingerprint[:32]}.parquet"
+    return run.store.data / ".partials" / run.pipeline.name / step.name / name
+
+
+def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> pd.DataFrame:
+    """``step.fn`` applied to each current partition of its input, concatenated in partition
+    order. Partial results of unchanged partition versions come from the previous run's
+    bundle (one file), so only new or changed partitions are read."""
+    source = step.inputs[0]
+    wanted = inputs.partitions[source]
+    wanted_set = set(wanted)
+    frames: list[pd.DataFrame] = []
+    have: set[tuple[str, str]] = set()
+    previous_path = _previous_partials(run, step)
+    if previous_path is not None:
+        try:
+            previous = pd.read_parquet(previous_path)
+        except Exception:  # a cache: recompute what it held
+            log.warning("partial results %s unreadable; recomputing them", previous_path)
+        else:
+            pairs = list(zip(previous[_PARTITION], previous[_VERSION], strict=True))
+            frames.append(previous[[pair in wanted_set for pair in pairs]])
+            have = wanted_set.intersection(pairs)
+    for partition, version in wanted:
+        if (partition, version) in have:
+            continue
+        part = pd.read_parquet(run.store.version_path(source, version))
+        partial = result_frame(step, step.fn(**{source: part}))
+        frames.append(partial.assign(**{_PARTITION: partition, _VERSION: version}))
+    bundle = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(bundle):
+        order = {p: i for i, (p, _) in enumerate(wanted)}
+        bundle = bundle.iloc[bundle[_PARTITION].map(order).argsort(kind="stable")]
+    target = partials_path(run, step, inputs.fingerprint)
+    if target != previous_path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
+        bundle.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+        if previous_path is not None:
+            previous_path.unlink(missing_ok=True)
+    return bundle.drop(columns=[_PARTITION, _VERSION], errors="ignore").reset_index(drop=True)
+
+
+def _previous_partials(run: RunContext, step: Step) -> Path | None:
+    row = run.ledger.asset(run.pipeline.name, step.name)
+    if row is None or row.code_version != step.code_version:
+        return None
+    path = partials_path(run, step, row.input_fingerprint)
+    return path if path.exists() else None
+
+
+_TEMPLATES: dict[tuple[Any, ...], Any] = {}
 
 
 def materializing_task(
@@ -243,24 +341,23 @@ def materializing_task(
     options: dict[str, Any],
     deps: list[str] | None = None,
 ) -> Any:
-    """A ``@materialize`` task for ``key``; built once per key, options and deps (building
-    one costs milliseconds, and a warm runner calls the same analytics every run)."""
-    cache_key = (
-        fn,
-        key,
-        name,
-        tuple(sorted((k, repr(v)) for k, v in options.items())),
-        tuple(deps or ()),
-    )
-    task = _TASKS.get(cache_key)
-    if task is None:
-        if len(_TASKS) > 4096:
-            _TASKS.clear()
-        task = materialize(
-            Asset(key=key, properties=AssetProperties(name=name)),
-            asset_deps=list[Asset | str](deps) if deps else None,
-        )(fn).with_options(**options)
-        _TASKS[cache_key] = task
+    """A ``@materialize`` task for asset ``key`` (upstream ``deps``).
+
+    Building a Prefect task reads the module's source (``Task.__init__`` keeps it for
+    cache keys): 5-15 ms, paid twice per file with ``with_options``, a third of a burst's
+    time. So one task is built per function and options, and each asset gets a shallow copy
+    of it with its own assets: the same object ``with_options(assets=...)`` would build.
+    """
+    template_key = (fn, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    template = _TEMPLATES.get(template_key)
+    if template is None:
+        if len(_TEMPLATES) > 256:
+            _TEMPLATES.clear()
+        template = materialize(key)(fn).with_options(**options)
+        _TEMPLATES[template_key] = template
+    task = copy.copy(template)
+    task.assets = [Asset(key=key, properties=AssetProperties(name=name))]
+    task.asset_deps = [Asset(key=d) for d in deps] if deps else []
     return task
 
 

@@ -1,0 +1,216 @@
+"""What the engine benchmarks (rerun, incremental, burst) share: a Prefect server
+for the whole script, files recorded in a ledger as the watcher would, one materialize run
+called in-process as the push runner calls it, and results written with the machine's facts.
+
+The pipelines below are loaded by spec (``bench/_perf_common.py:<name>``), so this module
+imports nothing that imports Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eventpipe import demo
+from eventpipe.app import record
+from eventpipe.ledger import Ledger
+from eventpipe.pipeline import Pipeline
+
+try:
+    from bench.freshness import git_state, landed, machine
+except ImportError:  # run as a script: bench/ is on sys.path, the repository root is not
+    from freshness import git_state, landed, machine  # type: ignore[no-redef]
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SELF = BENCH / "_perf_common.py"
+
+
+def sales(name: str) -> Pipeline:
+    """The demo's process step and its two first-level analytics, under another name."""
+    pipeline = Pipeline(name)
+    pipeline.process(expects=demo.ORDER_COLUMNS)(demo.orders)
+    pipeline.analytics(demo.revenue_by_day)
+    pipeline.analytics(demo.revenue_by_region)
+    return pipeline
+
+
+def by_day(partials: pd.DataFrame) -> pd.DataFrame:
+    return partials.groupby("day", as_index=False)[["orders", "revenue"]].sum()
+
+
+def by_region(partials: pd.DataFrame) -> pd.DataFrame:
+    totals = partials.groupby("region", as_index=False)[["revenue"]].sum()
+    return totals.sort_values(by="region", ignore_index=True)
+
+
+def combined(name: str) -> Pipeline:
+    """The same analytics in the map/combine form: per-partition partials, merged."""
+    pipeline = Pipeline(name)
+    pipeline.process(expects=demo.ORDER_COLUMNS)(demo.orders)
+    pipeline.analytics(combine=by_day)(demo.revenue_by_day)
+    pipeline.analytics(combine=by_region)(demo.revenue_by_region)
+    return pipeline
+
+
+def spec(attr: str) -> str:
+    return f"{SELF}:{attr}"
+
+
+@contextmanager
+def prefect_server(prefix: str) -> Iterator[Path]:
+    """A fresh Prefect server for the benchmark; yields the working directory. Call before
+    anything imports Prefect (it reads its settings at import)."""
+    import shutil
+
+    from eventpipe.testing import configure_prefect_env
+
+    root = Path(tempfile.mkdtemp(prefix=f"eventpipe-{prefix}-")).resolve()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    server = configure_prefect_env(root)
+    started = time.monotonic()
+    server.start(timeout=600)
+    print(f"server up at {server.api_url} in {time.monotonic() - started:.1f} s", flush=True)
+    try:
+        yield root
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def write_files(inbox: Path, start: int, count: int, rows: int = 50) -> list[Path]:
+    return [demo.write_sample(inbox, i, rows=rows) for i in range(start, start + count)]
+
+
+def land(data: Path, pipeline: str, inbox: Path, paths: list[Path]) -> None:
+    """Record ``paths`` in the ledger and send their events, as the watcher and its outbox
+    pump do (no deployment listens to them here: the benchmark runs the flow itself)."""
+    ledger = Ledger(data / "ledger.sqlite")
+    try:
+        for path in paths:
+            record(ledger, pipeline, landed(inbox, path))
+        send_outbox(ledger)
+    finally:
+        ledger.close()
+
+
+def send_outbox(ledger: Ledger) -> None:
+    from eventpipe.events import EventSender, flush_outbox
+
+    sender = EventSender.from_prefect_settings()
+    try:
+        if flush_outbox(ledger, sender) < 0:
+            raise RuntimeError("the server did not take the events")
+    finally:
+        sender.close()
+
+
+def requeue_done(data: Path, pipeline: str) -> int:
+    """Make every done file pending again, unchanged: the next run finds nothing new."""
+    from eventpipe.events import sighting_event
+    from eventpipe.keys import asset_key
+
+    ledger = Ledger(data / "ledger.sqlite")
+    try:
+
+        def event_for(row: Any) -> tuple[str, dict[str, Any]]:
+            event = sighting_event("retry", row, asset_key(row.uri))
+            assert event is not None
+            return event
+
+        count = len(ledger.requeue(pipeline, event_for, states=("done",)))
+        send_outbox(ledger)
+        return count
+    finally:
+        ledger.close()
+
+
+def run_flow(
+    pipeline_spec: str, data: Path, task_runner: Any = None
+) -> tuple[float, dict[str, Any]]:
+    """One materialize run executed in this process as the push runner executes it: the run
+    is created first (the deployment trigger's job, not timed), then run by Prefect's engine
+    with no heartbeat thread; returns (seconds, the run's summary)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow as execute
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from eventpipe.flows import materialize_pipeline
+
+    flow = materialize_pipeline
+    if task_runner is not None:
+        flow = flow.with_options(task_runner=task_runner)
+    parameters = {"pipeline": pipeline_spec, "data": str(data)}
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(flow, parameters=parameters)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        started = time.perf_counter()
+        state = execute(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        seconds = time.perf_counter() - started
+    summary: dict[str, Any] = state.result()
+    return seconds, summary
+
+
+def warm(root: Path, pipeline_spec: str) -> None:
+    """What a running ``eventpipe up`` has already paid: imports, the pipeline loaded, a
+    first flow run (a warm runner never pays them per run)."""
+    from eventpipe import flows
+
+    flows.warm_up(pipeline_spec)
+    inbox, data = root / "warm-inbox", root / "warm-data"
+    name = pipeline_spec.rpartition(":")[2]
+    land(data, globals()[name].name, inbox, write_files(inbox, 90_000, 2))
+    run_flow(pipeline_spec, data)
+
+
+def write_results(name: str, body: dict[str, Any], code_at_start: dict[str, Any]) -> Path:
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {
+        **body,
+        "machine": {**machine(), "cores": os.cpu_count()},
+        "git": code_at_start,
+        "code_changed_during_run": code_at_start != git_state(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "eventpipe_imported_from": str(Path(demo.__file__).parent),
+        "note": "measured on a shared 2-core machine (other engineers ran tests); "
+        "compare the ratios of figures taken side by side in this one run",
+    }
+    path.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def start_state() -> dict[str, Any]:
+    return git_state()
+
+
+plain = sales("perf_plain")
+with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
+    combine = combined("perf_combine")
