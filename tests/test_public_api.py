@@ -12,6 +12,7 @@ import eventpipe
 EXPECTED = [
     "ConfigError",
     "EventpipeError",
+    "FetchError",
     "Pipeline",
     "PipelineDefinitionError",
     "RejectedInput",

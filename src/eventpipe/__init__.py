@@ -3,6 +3,7 @@
 from eventpipe.exceptions import (
     ConfigError,
     EventpipeError,
+    FetchError,
     PipelineDefinitionError,
     RejectedInput,
     ServerError,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "EventpipeError",
+    "FetchError",
     "Pipeline",
     "PipelineDefinitionError",
     "RejectedInput",
