@@ -62,6 +62,8 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
 
 FRESHNESS_LABELS = (
     ("S3", "S3 bucket (`eventpipe up`, SQS)"),
+    ("worker (query", "worker path, tuned (query 1 s, prefetch 0)"),
+    ("worker (defaults", "worker path, the worker's defaults"),
     ("worker", "worker path"),
     ("baseline", "Prefect defaults (`flow.serve`)"),
     ("push runner", "folder (`eventpipe up`)"),
@@ -205,8 +207,53 @@ def figure_rows(name: str, result: Mapping[str, Any], source: str) -> list[Row]:
     return rows
 
 
+def rerun_rows(result: Mapping[str, Any], source: str) -> list[Row]:
+    wall, body = result.get("ratio_no_change_wall"), result.get("ratio_no_change_body")
+    if not isinstance(wall, int | float) or not isinstance(body, int | float):
+        return []
+    files = result.get("config", {}).get("files", "?")
+    figure = f"no-change re-run cost vs full run ({files} files): flow body / wall"
+    value = f"{body:.1%} / {wall:.1%}"
+    return [Row("2", figure, value, "<= 5 %", body <= 0.05 and wall <= 0.05, source)]
+
+
+def incremental_rows(result: Mapping[str, Any], source: str) -> list[Row]:
+    config, forms = result.get("config", {}), result.get("forms", {})
+    small, large = config.get("small"), config.get("large")
+    rows = []
+    for form, label in (("plain", "plain analytics"), ("combine", "map/combine analytics")):
+        ratio = forms.get(form, {})
+        wall, body = ratio.get("ratio_wall"), ratio.get("ratio_body")
+        if isinstance(wall, int | float) and isinstance(body, int | float):
+            figure = f"one new file, {large} vs {small} partitions, {label}: wall / body"
+            met = wall <= 1.5 and body <= 1.5
+            rows.append(Row("3", figure, f"x{wall:.2f} / x{body:.2f}", "ratio <= 1.5", met, source))
+    return rows
+
+
+def burst_rows(result: Mapping[str, Any], source: str) -> list[Row]:
+    rows = []
+    for burst in result.get("bursts", []):
+        files, seconds, runs = (
+            burst.get("files"),
+            burst.get("seconds_to_all_done"),
+            burst.get("flow_runs"),
+        )
+        if files != 1000 or not isinstance(seconds, int | float) or not isinstance(runs, int):
+            continue
+        once = "each file once" if burst.get("exactly_once") else "NOT exactly once"
+        value = f"{seconds:.1f} s, {runs} run(s), {once}"
+        met = seconds <= 60 and runs <= 20 and bool(burst.get("exactly_once"))
+        figure = "burst of 1000 files: seconds to all done, flow runs used"
+        rows.append(Row("5", figure, value, "<= 60 s, <= 20 runs", met, source))
+    return rows
+
+
 EXTRACTORS: dict[str, Callable[[Mapping[str, Any], str], list[Row]]] = {
     "freshness": freshness_rows,
+    "rerun": rerun_rows,
+    "incremental": incremental_rows,
+    "burst": burst_rows,
 }
 
 
