@@ -359,11 +359,8 @@ def test_text_from_data_files_is_escaped_in_the_runs_artifacts(
         assert outcome == "rejected"
         assert f"could not convert string to float: '{cell}'" in detail  # shown literally
 
-    # The UI renders each text cell of a table artifact as markdown too: the analytics' days
-    # show as the text they are.
+    # The UI shows a table artifact's cells as text (tests/test_browser.py): the analytics'
+    # days are stored as the text they are, not markdown-escaped.
     tables = [a for a in artifacts(loop) if a["key"] == f"{loop.name}-revenue-by-day"]
-    days = [row["day"] for a in tables for row in json.loads(a["data"])]
-    assert not any(re.search(r"\w://", day) for day in days)
-    cells = [render(day) for day in days]
-    assert all(cell.tags == ["p"] for cell in cells), [c.tags for c in cells]
-    assert set(HOSTILE_CELLS) <= {"".join(cell.text).strip() for cell in cells}
+    days = {row["day"] for a in tables for row in json.loads(a["data"])}
+    assert {" ".join(cell.split()) for cell in HOSTILE_CELLS} <= days
