@@ -249,6 +249,19 @@ def mark_wakes(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def deliver_now(ledger: Ledger) -> None:
+    """Send what a run queued now, at its end; whatever fails stays in the outbox for the
+    pump."""
+    try:
+        sender = EventSender.from_prefect_settings()
+        try:
+            flush_outbox(ledger, sender)
+        finally:
+            sender.close()
+    except Exception:
+        log.warning("could not deliver events now; they stay in the outbox", exc_info=True)
+
+
 def flush_outbox(ledger: Ledger, sender: EventSender, batch: int = 200) -> int:
     """Send every unsent event once; returns how many were acknowledged (stops at a failure)."""
     sent = 0

@@ -221,7 +221,7 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
             if summary["outcome"] in ("new", "changed", "retry"):
                 _artifact(pipe.name, fetch, summary)  # a skip has its event; no API call more
     finally:
-        _deliver(ledger)
+        ev.deliver_now(ledger)
         ledger.close()
     return summary
 
@@ -369,15 +369,3 @@ def _artifact(pipeline: str, fetch: str, summary: dict[str, Any]) -> None:
         key=artifact_key(pipeline, "fetch", fetch),
         description=f"What this fetch of {pipeline}/{fetch} brought",
     )
-
-
-def _deliver(ledger: Ledger) -> None:
-    """Send what this run queued now; whatever fails stays in the outbox for the pump."""
-    try:
-        sender = ev.EventSender.from_prefect_settings()
-        try:
-            ev.flush_outbox(ledger, sender)
-        finally:
-            sender.close()
-    except Exception:
-        log.warning("could not deliver events now; they stay in the outbox", exc_info=True)

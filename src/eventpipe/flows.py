@@ -83,7 +83,7 @@ def materialize_pipeline(
             summary = _materialize(run, started)
     finally:
         run.flush_events()
-        _deliver(ledger)
+        ev.deliver_now(ledger)
         ledger.close()
     if summary["failed"]:
         raise EventpipeError(
@@ -148,18 +148,6 @@ def _updated(
         },
     )
     run.events.append((event_id, body))
-
-
-def _deliver(ledger: Ledger) -> None:
-    """Send what this run queued now; whatever fails stays in the outbox for the pump."""
-    try:
-        sender = ev.EventSender.from_prefect_settings()
-        try:
-            ev.flush_outbox(ledger, sender)
-        finally:
-            sender.close()
-    except Exception:
-        log.warning("could not deliver events now; they stay in the outbox", exc_info=True)
 
 
 DRAIN_ROUNDS = 10
