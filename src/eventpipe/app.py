@@ -23,6 +23,7 @@ from eventpipe.sources.local import FolderSource, Rejected
 from eventpipe.storage import quarantine, quarantine_note
 
 if TYPE_CHECKING:
+    from eventpipe.cluster import LocalDask
     from eventpipe.events import OutboxPump
     from eventpipe.runner import PushRunner
     from eventpipe.sources.s3 import BucketSource
@@ -100,6 +101,7 @@ class LocalLoop:
         self.fetch_deployment_ids: dict[str, UUID] = {}
         """Deployment ``fetch/<pipeline>-<fetch>`` of each ``@pipeline.fetch``, by fetch name."""
         self._fetch_runner: PushRunner | None = None
+        self._dask: LocalDask | None = None
         self._pump: OutboxPump | None = None
         self._runner: PushRunner | None = None
         self._source: FolderSource | BucketSource | None = None
@@ -115,6 +117,13 @@ class LocalLoop:
         if self.settings.s3_bucket_block:
             return f"S3Bucket block {self.settings.s3_bucket_block!r}"
         return str(self.settings.inbox)
+
+    @property
+    def task_runner_description(self) -> str:
+        """Where the files' tasks run, for people."""
+        if self._dask is not None:
+            return self._dask.description
+        return self.settings.task_runner
 
     @property
     def data(self) -> Path:
@@ -152,7 +161,15 @@ class LocalLoop:
             self._start_watching(watch)
             return self
         flows.warm_up(self.spec)
-        self.deployment_id = deploy.register(self.pipeline, self.spec, s.data, s.publish_options())
+        task_runner = s.task_runner
+        if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
+            from eventpipe.cluster import LocalDask
+
+            self._dask = LocalDask(self.spec)
+            task_runner = self._dask.start()
+        self.deployment_id = deploy.register(
+            self.pipeline, self.spec, s.data, s.publish_options(), task_runner
+        )
         self.apply_automations()
         crashed = crash_orphaned_runs(self.deployment_id)
         if crashed:
@@ -527,6 +544,8 @@ class LocalLoop:
             self._runner.stop()
         if self._pump is not None:
             self._pump.stop()
+        if self._dask is not None:
+            self._dask.close()
         if self.server is not None:
             self.server.stop()
 

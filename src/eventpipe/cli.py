@@ -57,6 +57,7 @@ def up(
     notify_block: str | None = None,
     stale_minutes: float | None = None,
     runs: Literal["here", "worker"] | None = None,
+    task_runner: str | None = None,
     verbose: Annotated[bool, Parameter(negative=())] = False,
 ) -> None:
     """Start the loop: embedded Prefect server (unless --api-url), the pipeline's deployment and
@@ -101,6 +102,10 @@ def up(
         Who executes the runs: 'here' (default: this process, warm, within a second) or
         'worker' (Prefect workers of the deployment's work pool; needs --api-url and
         `prefect deploy`, see prefect.yaml).
+    task_runner
+        Where the files' raw and process tasks run: 'threads' (default), 'dask' (a local Dask
+        cluster kept while up runs, one worker process per core: CPU-bound steps use every
+        core; needs eventpipe[dask]) or a running Dask scheduler's tcp://host:port.
     verbose
         Log debug details.
     """
@@ -122,6 +127,7 @@ def up(
         notify_block=notify_block,
         stale_minutes=stale_minutes,
         runs=runs,
+        task_runner=task_runner,
     )
     from eventpipe.app import LocalLoop
 
@@ -187,7 +193,8 @@ def up(
         f"  Prefect UI   {ui}\n"
         f"  runs         {runs_line}\n"
         f"  events       {ui}/events\n"
-        f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
+        + (f"  tasks        {loop.task_runner_description}\n" if s.task_runner != "threads" else "")
+        + f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
         f"  {watched}\n"
         f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
         f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
@@ -228,11 +235,24 @@ def run(
     data: Path | None = None,
     api_url: str | None = None,
     port: int | None = None,
+    task_runner: str | None = None,
 ) -> None:
-    """Process every new or changed file in the inbox once, without watching, then exit."""
+    """Process every new or changed file in the inbox once, without watching, then exit.
+
+    Parameters
+    ----------
+    task_runner
+        'threads' (default), 'dask' (a Dask cluster for this run, a process per core) or a
+        Dask scheduler's tcp://host:port.
+    """
     _logging(False)
     settings = _settings(
-        pipeline=pipeline, inbox=inbox, data=data, api_url=api_url, port=port
+        pipeline=pipeline,
+        inbox=inbox,
+        data=data,
+        api_url=api_url,
+        port=port,
+        task_runner=task_runner,
     ).resolved()
     from eventpipe.app import absolute_spec, configure_api
 
@@ -246,7 +266,11 @@ def run(
 
         found = scan_once(settings)
         console.print(f"{found} file(s) recorded")
-        summary = materialize_pipeline(absolute_spec(settings.pipeline), str(settings.data))
+        summary = materialize_pipeline(
+            absolute_spec(settings.pipeline),
+            str(settings.data),
+            task_runner=settings.task_runner,
+        )
         console.print_json(json.dumps(summary))
     finally:
         if server is not None:

@@ -32,12 +32,19 @@ def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
 
 
 def register(
-    pipeline: Pipeline, spec: str, data: Path, publish: dict[str, str] | None = None
+    pipeline: Pipeline,
+    spec: str,
+    data: Path,
+    publish: dict[str, str] | None = None,
+    task_runner: str = "threads",
 ) -> UUID:
     """Create or update deployment ``materialize/<pipeline>`` and its trigger, unpaused."""
+    parameters: dict[str, Any] = {"pipeline": spec, "data": str(data.resolve()), "publish": publish}
+    if task_runner != "threads":
+        parameters["task_runner"] = task_runner
     deployment: RunnerDeployment = materialize_pipeline.to_deployment(  # type: ignore[assignment]
         name=pipeline.name,
-        parameters={"pipeline": spec, "data": str(data.resolve()), "publish": publish},
+        parameters=parameters,
         triggers=[landed_trigger(pipeline.name)],
         description=f"Materializes pipeline {pipeline.name!r} whenever a file lands "
         f"(related resource {pipeline_resource_id(pipeline.name)}).",

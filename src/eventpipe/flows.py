@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +58,19 @@ def warm_up(spec: str) -> None:
 
 @flow(name="materialize", persist_result=False)
 def materialize_pipeline(
-    pipeline: str, data: str, publish: dict[str, str] | None = None
+    pipeline: str,
+    data: str,
+    publish: dict[str, str] | None = None,
+    task_runner: str = "threads",
 ) -> dict[str, Any]:
     """Materialize every pending file of ``pipeline`` (``module:attr`` or ``file.py:attr``),
     then every analytics asset whose inputs changed, writing under ``data``; with
-    ``publish`` (``{"uri": "s3://bucket/prefix", ...}``) current outputs go there too."""
+    ``publish`` (``{"uri": "s3://bucket/prefix", ...}``) current outputs go there too.
+
+    ``task_runner`` says where the raw and process tasks of the files run: ``threads`` (this
+    process, several files at once), ``dask`` (a Dask cluster of one worker process per core,
+    made for this run) or a Dask scheduler address (``tcp://host:port``, a running cluster:
+    ``eventpipe up --task-runner dask`` keeps one)."""
     started = time.time()
     pipe = steps.cached_pipeline(pipeline)
     ctx = FlowRunContext.get()
@@ -79,7 +89,7 @@ def materialize_pipeline(
 
         run.mirror = BucketPublisher.from_options(publish, store.data)
     try:
-        with steps.bound(run):
+        with steps.bound(run), _partition_runner(run, task_runner, pipeline, store.data):
             summary = _materialize(run, started)
     finally:
         run.flush_events()
@@ -91,6 +101,25 @@ def materialize_pipeline(
             "eventpipe.file.failed, fix the step and run `eventpipe retry`"
         )
     return summary
+
+
+@contextmanager
+def _partition_runner(
+    run: steps.RunContext, task_runner: str, spec: str, data: Path
+) -> Iterator[None]:
+    """Enter the Dask task runner ``task_runner`` asks for, if any, for the files' tasks."""
+    if task_runner == "threads":
+        yield
+        return
+    from eventpipe.cluster import task_runner_for
+
+    with task_runner_for(task_runner) as runner:
+        run.runner = runner
+        run.home = steps.TaskHome(spec=spec, data=str(data))
+        try:
+            yield
+        finally:
+            run.runner = run.home = None
 
 
 def _skipped(run: steps.RunContext, key: str, step: Step, reason: str) -> None:
@@ -331,7 +360,7 @@ def _process_file(
         {"name": "raw", "cache_policy": NO_CACHE},
     )
     t = time.perf_counter()
-    raw_state: State[Any] = raw_task(row, return_state=True)
+    raw_state = steps.call(run, raw_task, row=row)
     run.add_time("raw", time.perf_counter() - t)
     if not raw_state.is_completed():
         _close_failed(run, row, line, raw_state)
@@ -352,7 +381,7 @@ def _process_file(
                 steps.task_options(run, step),
             )
             t = time.perf_counter()
-            state, cached = steps.run_step(task, step.name, raw)
+            state, cached = steps.run_step(run, task, step.name, raw)
             run.add_time(f"process:{step.name}", time.perf_counter() - t)
             if not state.is_completed():
                 _close_failed(run, row, line, state)

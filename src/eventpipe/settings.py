@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Who executes the deployment's runs: 'here' (this process's push runner,"
         " which registers the deployment) or 'worker' (a Prefect worker; the deployment comes"
         " from `prefect deploy`, this process only watches, records and sends events).",
+    )
+    task_runner: str = Field(
+        "threads",
+        description="Where the files' raw and process tasks run: 'threads' (in the run's"
+        " process), 'dask' (a local Dask cluster, one worker process per core; needs the dask"
+        " extra) or a Dask scheduler address (tcp://host:port).",
     )
     sweep_seconds: float = Field(
         30.0,
@@ -98,6 +104,13 @@ class Settings(BaseSettings):
         description="Also publish current processed and analytics outputs to s3://bucket/prefix"
         " (given as --data s3://..., the local data dir moves under home).",
     )
+
+    @field_validator("task_runner")
+    @classmethod
+    def _known_task_runner(cls, value: str) -> str:
+        from eventpipe.cluster import check_task_runner
+
+        return check_task_runner(value)  # a ConfigError, not a ValidationError: said as is
 
     @model_validator(mode="before")
     @classmethod

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.states import Crashed
 
 from eventpipe.artifacts import RunReport
 from eventpipe.cache import ContentFingerprint
@@ -76,6 +77,11 @@ class RunContext:
     """Asset events of this run, queued in the outbox together (one transaction, not one
     per partition) before any file is marked done."""
 
+    home: TaskHome | None = None
+    """Set when the process steps run on a Dask cluster: where their tasks find the run."""
+    runner: Any = None
+    """The run's ``DaskTaskRunner`` (entered), or None: tasks run in this process."""
+
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_time(self, stage: str, seconds: float) -> None:
@@ -94,9 +100,57 @@ class RunContext:
         return frame.copy()
 
 
+@dataclass(frozen=True)
+class TaskHome:
+    """What a raw or process task needs to run outside the flow's process (a Dask worker):
+    the pipeline spec and the data dir. Small, so it is cheap to pickle with each task."""
+
+    spec: str
+    data: str
+
+
+@dataclass
+class WorkerScope:
+    """The part of a run a raw or process task uses, rebuilt in a Dask worker from its
+    :class:`TaskHome`. Frames are not kept between tasks: each task reads its snapshot."""
+
+    pipeline: Pipeline
+    store: Storage
+    frames: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    def raw_frame(self, raw: RawFile) -> pd.DataFrame:
+        return read_frame(Path(raw.snapshot), raw.suffix)
+
+
 # The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every
 # argument looking for futures, and the run holds frames and the pipeline.
 _CURRENT: ContextVar[RunContext] = ContextVar("eventpipe_run")
+
+
+def _scope(home: TaskHome | None) -> RunContext | WorkerScope:
+    """The run a task belongs to: the flow's, or (in a Dask worker) one rebuilt from
+    ``home``."""
+    run = _CURRENT.get(None)
+    if run is not None:
+        return run
+    if home is None:
+        raise EventpipeError("an eventpipe task ran outside a materialize run")
+    pipeline = cached_pipeline(home.spec)
+    return WorkerScope(pipeline=pipeline, store=Storage(Path(home.data), pipeline.name))
+
+
+def call(run: RunContext, task: Any, **parameters: Any) -> State[Any]:
+    """Run a raw or process ``task`` and return its final state: in this thread, or on the
+    run's Dask cluster (waiting for it there)."""
+    if run.runner is None:
+        state: State[Any] = task(**parameters, return_state=True)
+        return state
+    future = run.runner.submit(task, {**parameters, "home": run.home})
+    try:
+        final: State[Any] = future.wrapped_future.result()
+    except Exception as exc:  # the worker died or the cluster went away
+        return Crashed(message=f"the Dask cluster lost task {task.name!r}: {error_gist(exc)}")
+    return final
 
 
 def not_rejected(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -114,8 +168,8 @@ def raw_key(row: FileRow) -> str:
     return asset_key(row.uri)
 
 
-def materialize_raw(row: FileRow) -> RawFile:
-    run = _CURRENT.get()
+def materialize_raw(row: FileRow, home: TaskHome | None = None) -> RawFile:
+    run = _scope(home)
     suffix = suffix_of(row.relative)
     if suffix is None:
         raise RejectedInput(f"unsupported file type: {row.relative}")
@@ -193,8 +247,8 @@ def result_frame(step: Step, value: object) -> pd.DataFrame:
     return value
 
 
-def process(step_name: str, raw: RawFile) -> Output:
-    run = _CURRENT.get()
+def process(step_name: str, raw: RawFile, home: TaskHome | None = None) -> Output:
+    run = _scope(home)
     step = run.pipeline.steps[step_name]
     frame = run.raw_frame(raw)
     check_schema(step, frame)
@@ -423,16 +477,16 @@ def same_file(current: Path, version_file: Path) -> bool:
 
 
 def run_step(
-    call: Callable[..., Any], *args: Any, refresh: bool = False
+    run: RunContext, task: Any, step_name: str, raw: RawFile, refresh: bool = False
 ) -> tuple[State[Any], bool]:
-    """Call a materialize task; on a cache hit whose version file is gone, run it afresh."""
-    task = call.with_options(refresh_cache=True) if refresh else call  # type: ignore[attr-defined]
-    state: State[Any] = task(*args, return_state=True)
+    """Call a process task; on a cache hit whose version file is gone, run it afresh."""
+    chosen = task.with_options(refresh_cache=True) if refresh else task
+    state = call(run, chosen, step_name=step_name, raw=raw)
     cached = state.name == "Cached"
     if cached and state.is_completed():
         out = state.result()
         if isinstance(out, Output) and not Path(out.path).exists():
-            return run_step(call, *args, refresh=True)
+            return run_step(run, task, step_name, raw, refresh=True)
     return state, cached
 
 
