@@ -1,4 +1,4 @@
-"""Partition parallelism on Dask: with ``task_runner="dask"`` the files' raw and process tasks
+"""Partition parallelism on Dask: with ``task_runner="dask"`` the files' process steps
 run in Dask worker processes, and the run's outcome (outputs, versions, cache, rejections,
 failures, events) is the one the default threads give."""
 

@@ -103,7 +103,7 @@ def up(
         'worker' (Prefect workers of the deployment's work pool; needs --api-url and
         `prefect deploy`, see prefect.yaml).
     task_runner
-        Where the files' raw and process tasks run: 'threads' (default), 'dask' (a local Dask
+        Where the files' process steps run: 'threads' (default), 'dask' (a local Dask
         cluster kept while up runs, one worker process per core: CPU-bound steps use every
         core; needs eventpipe[dask]) or a running Dask scheduler's tcp://host:port.
     verbose

@@ -67,10 +67,10 @@ def materialize_pipeline(
     then every analytics asset whose inputs changed, writing under ``data``; with
     ``publish`` (``{"uri": "s3://bucket/prefix", ...}``) current outputs go there too.
 
-    ``task_runner`` says where the raw and process tasks of the files run: ``threads`` (this
-    process, several files at once), ``dask`` (a Dask cluster of one worker process per core,
-    made for this run) or a Dask scheduler address (``tcp://host:port``, a running cluster:
-    ``eventpipe up --task-runner dask`` keeps one)."""
+    ``task_runner`` says where the process steps' code runs: ``threads`` (this process,
+    several files at once), ``dask`` (a Dask cluster of one worker process per core, made for
+    this run) or a Dask scheduler address (``tcp://host:port``, a running cluster: ``eventpipe
+    up --task-runner dask`` keeps one). The task runs stay in this process either way."""
     started = time.time()
     pipe = steps.cached_pipeline(pipeline)
     ctx = FlowRunContext.get()
@@ -114,12 +114,11 @@ def _partition_runner(
     from eventpipe.cluster import task_runner_for
 
     with task_runner_for(task_runner) as runner:
-        run.runner = runner
-        run.home = steps.TaskHome(spec=spec, data=str(data))
+        run.dask, run.home = runner.client, steps.TaskHome(spec=spec, data=str(data))
         try:
             yield
         finally:
-            run.runner = run.home = None
+            run.dask = run.home = None
 
 
 def _skipped(run: steps.RunContext, key: str, step: Step, reason: str) -> None:
@@ -360,7 +359,7 @@ def _process_file(
         {"name": "raw", "cache_policy": NO_CACHE},
     )
     t = time.perf_counter()
-    raw_state = steps.call(run, raw_task, row=row)
+    raw_state: State[Any] = raw_task(row, return_state=True)
     run.add_time("raw", time.perf_counter() - t)
     if not raw_state.is_completed():
         _close_failed(run, row, line, raw_state)
@@ -381,7 +380,7 @@ def _process_file(
                 steps.task_options(run, step),
             )
             t = time.perf_counter()
-            state, cached = steps.run_step(run, task, step.name, raw)
+            state, cached = steps.run_step(task, step.name, raw)
             run.add_time(f"process:{step.name}", time.perf_counter() - t)
             if not state.is_completed():
                 _close_failed(run, row, line, state)

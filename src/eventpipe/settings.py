@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     task_runner: str = Field(
         "threads",
-        description="Where the files' raw and process tasks run: 'threads' (in the run's"
+        description="Where the files' process steps run: 'threads' (in the run's"
         " process), 'dask' (a local Dask cluster, one worker process per core; needs the dask"
         " extra) or a Dask scheduler address (tcp://host:port).",
     )

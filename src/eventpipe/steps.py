@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.states import Crashed
 
 from eventpipe.artifacts import RunReport
 from eventpipe.cache import ContentFingerprint
@@ -77,10 +76,10 @@ class RunContext:
     """Asset events of this run, queued in the outbox together (one transaction, not one
     per partition) before any file is marked done."""
 
+    dask: Any = None
+    """The run's Dask client when its process steps compute on a Dask cluster, else None."""
     home: TaskHome | None = None
-    """Set when the process steps run on a Dask cluster: where their tasks find the run."""
-    runner: Any = None
-    """The run's ``DaskTaskRunner`` (entered), or None: tasks run in this process."""
+    """What the cluster's workers need to find the pipeline and the data dir."""
 
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,55 +101,15 @@ class RunContext:
 
 @dataclass(frozen=True)
 class TaskHome:
-    """What a raw or process task needs to run outside the flow's process (a Dask worker):
-    the pipeline spec and the data dir. Small, so it is cheap to pickle with each task."""
+    """The pipeline spec and the data dir: all a Dask worker needs to run a process step."""
 
     spec: str
     data: str
 
 
-@dataclass
-class WorkerScope:
-    """The part of a run a raw or process task uses, rebuilt in a Dask worker from its
-    :class:`TaskHome`. Frames are not kept between tasks: each task reads its snapshot."""
-
-    pipeline: Pipeline
-    store: Storage
-    frames: dict[int, pd.DataFrame] = field(default_factory=dict)
-
-    def raw_frame(self, raw: RawFile) -> pd.DataFrame:
-        return read_frame(Path(raw.snapshot), raw.suffix)
-
-
 # The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every
 # argument looking for futures, and the run holds frames and the pipeline.
 _CURRENT: ContextVar[RunContext] = ContextVar("eventpipe_run")
-
-
-def _scope(home: TaskHome | None) -> RunContext | WorkerScope:
-    """The run a task belongs to: the flow's, or (in a Dask worker) one rebuilt from
-    ``home``."""
-    run = _CURRENT.get(None)
-    if run is not None:
-        return run
-    if home is None:
-        raise EventpipeError("an eventpipe task ran outside a materialize run")
-    pipeline = cached_pipeline(home.spec)
-    return WorkerScope(pipeline=pipeline, store=Storage(Path(home.data), pipeline.name))
-
-
-def call(run: RunContext, task: Any, **parameters: Any) -> State[Any]:
-    """Run a raw or process ``task`` and return its final state: in this thread, or on the
-    run's Dask cluster (waiting for it there)."""
-    if run.runner is None:
-        state: State[Any] = task(**parameters, return_state=True)
-        return state
-    future = run.runner.submit(task, {**parameters, "home": run.home})
-    try:
-        final: State[Any] = future.wrapped_future.result()
-    except Exception as exc:  # the worker died or the cluster went away
-        return Crashed(message=f"the Dask cluster lost task {task.name!r}: {error_gist(exc)}")
-    return final
 
 
 def not_rejected(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -168,8 +127,8 @@ def raw_key(row: FileRow) -> str:
     return asset_key(row.uri)
 
 
-def materialize_raw(row: FileRow, home: TaskHome | None = None) -> RawFile:
-    run = _scope(home)
+def materialize_raw(row: FileRow) -> RawFile:
+    run = _CURRENT.get()
     suffix = suffix_of(row.relative)
     if suffix is None:
         raise RejectedInput(f"unsupported file type: {row.relative}")
@@ -247,24 +206,43 @@ def result_frame(step: Step, value: object) -> pd.DataFrame:
     return value
 
 
-def process(step_name: str, raw: RawFile, home: TaskHome | None = None) -> Output:
-    run = _scope(home)
+def process(step_name: str, raw: RawFile) -> Output:
+    run = _CURRENT.get()
     step = run.pipeline.steps[step_name]
-    frame = run.raw_frame(raw)
-    check_schema(step, frame)
-    out = result_frame(step, step.fn(frame))
-    version, path = run.store.write_version(step.name, out)
+    if run.dask is not None and run.home is not None:
+        # Only the step's code goes to the cluster: the task run, its cache, retries and
+        # asset events stay here, and a worker costs one small message per partition.
+        future = run.dask.submit(compute_partition, run.home, step_name, raw, pure=False)
+        version, path, rows = future.result()
+    else:
+        version, path, rows = _compute(step, run.store, run.raw_frame(raw))
     key = asset_key(file_uri(run.store.processed_path(step.name, raw.partition)))
     add_asset_metadata(
         key,
         {
             "version": version,
-            "rows": len(out),
+            "rows": rows,
             "source_sha256": raw.fingerprint,
             "code_version": step.code_version,
         },
     )
-    return Output(key=key, version=version, path=str(path), rows=len(out), sources=(raw.uri,))
+    return Output(key=key, version=version, path=path, rows=rows, sources=(raw.uri,))
+
+
+def compute_partition(home: TaskHome, step_name: str, raw: RawFile) -> tuple[str, str, int]:
+    """Run in a Dask worker: ``step`` on the raw snapshot, written as a new version; returns
+    (version, path, rows). A bad file raises here, and the task run in the flow fails with
+    the same error."""
+    pipeline = cached_pipeline(home.spec)
+    store = Storage(Path(home.data), pipeline.name)
+    return _compute(pipeline.steps[step_name], store, read_frame(Path(raw.snapshot), raw.suffix))
+
+
+def _compute(step: Step, store: Storage, frame: pd.DataFrame) -> tuple[str, str, int]:
+    check_schema(step, frame)
+    out = result_frame(step, step.fn(frame))
+    version, path = store.write_version(step.name, out)
+    return version, str(path), len(out)
 
 
 def read_versions(paths: list[str]) -> pd.DataFrame:
@@ -477,16 +455,16 @@ def same_file(current: Path, version_file: Path) -> bool:
 
 
 def run_step(
-    run: RunContext, task: Any, step_name: str, raw: RawFile, refresh: bool = False
+    call: Callable[..., Any], *args: Any, refresh: bool = False
 ) -> tuple[State[Any], bool]:
-    """Call a process task; on a cache hit whose version file is gone, run it afresh."""
-    chosen = task.with_options(refresh_cache=True) if refresh else task
-    state = call(run, chosen, step_name=step_name, raw=raw)
+    """Call a materialize task; on a cache hit whose version file is gone, run it afresh."""
+    task = call.with_options(refresh_cache=True) if refresh else call  # type: ignore[attr-defined]
+    state: State[Any] = task(*args, return_state=True)
     cached = state.name == "Cached"
     if cached and state.is_completed():
         out = state.result()
         if isinstance(out, Output) and not Path(out.path).exists():
-            return run_step(run, task, step_name, raw, refresh=True)
+            return run_step(call, *args, refresh=True)
     return state, cached
 
 
