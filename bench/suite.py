@@ -56,7 +56,10 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "throughput": [("raw CSV -> processed parquet, 1M rows, vs DuckDB COPY", ">= 0.5x DuckDB")],
     "burst": [("burst of 1000 files: seconds to all done, flow runs used", "<= 60 s, <= 20 runs")],
     "idle": [("idle RSS and CPU of `eventpipe up`", "<= 400 MB, < 2 % CPU")],
-    "dask_speedup": [("Dask task runner speed-up on partitions", "-")],
+    "dask_speedup": [
+        ("100 files in one run, CPU-bound step: Dask vs threads", "uses all cores"),
+        ("100 files in one run, light step (demo, 50 rows): Dask vs threads", "-"),
+    ],
 }
 """What each figure is, shown with "—" until its script has produced it."""
 
