@@ -167,7 +167,6 @@ def run_flow(pipeline_spec: str, data: Path, **extra: Any) -> tuple[float, dict[
     """One materialize run executed in this process as the push runner executes it: the run
     is created first (the deployment trigger's job, not timed), then run by Prefect's engine
     with no heartbeat thread; returns (seconds, the run's summary)."""
-    from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow as execute
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
@@ -175,14 +174,31 @@ def run_flow(pipeline_spec: str, data: Path, **extra: Any) -> tuple[float, dict[
 
     flow = materialize_pipeline
     parameters = {"pipeline": pipeline_spec, "data": str(data), **extra}
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run(flow, parameters=parameters)
+    flow_run = _create_run(flow, parameters)
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         started = time.perf_counter()
         state = execute(flow, flow_run=flow_run, parameters=parameters, return_type="state")
         seconds = time.perf_counter() - started
     summary: dict[str, Any] = state.result()
     return seconds, summary
+
+
+def _create_run(flow: Any, parameters: dict[str, Any]) -> Any:
+    """Create the flow run; a server still ingesting the events of a thousand partitions may
+    answer 503 for a while (a trigger's run creation would be retried by the server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                return client.create_flow_run(flow, parameters=parameters)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            print("server busy (503); creating the run again in 5 s", flush=True)
+            time.sleep(5)
 
 
 def warm(root: Path, pipeline_spec: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from eventpipe.app import record
 from eventpipe.cluster import LocalDask, check_task_runner
 from eventpipe.exceptions import ConfigError
 from eventpipe.keys import asset_key, file_uri
 from eventpipe.ledger import Ledger
-from eventpipe.models import Landed
 from eventpipe.server import EmbeddedServer
-from eventpipe.storage import file_digest
-from eventpipe.testing import drop_file, eventpipe_up, read_events, wait_for
+from eventpipe.testing import drop_file, eventpipe_up, land_file, read_events, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,16 +63,7 @@ class Run:
 
     def drop_all(self) -> None:
         for relative, content in FILES.items():
-            path = drop_file(self.inbox, relative, textwrap.dedent(content))
-            landed = Landed(
-                uri=file_uri(path),
-                relative=relative,
-                size=path.stat().st_size,
-                fingerprint=file_digest(path),
-                source="local",
-                local_path=str(path),
-            )
-            record(self.ledger, self.name, landed)
+            land_file(self.ledger, self.name, self.inbox, relative, content)
 
     def run(self, task_runner: str) -> dict[str, Any]:
         from eventpipe.flows import materialize_pipeline

@@ -13,14 +13,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from eventpipe.app import record
 from eventpipe.events import sighting_event
-from eventpipe.keys import asset_key, file_uri
+from eventpipe.keys import asset_key
 from eventpipe.ledger import Ledger
-from eventpipe.models import Landed
 from eventpipe.server import EmbeddedServer
-from eventpipe.storage import file_digest
-from eventpipe.testing import drop_file
+from eventpipe.testing import land_file
 
 PIPELINE = """
 from pathlib import Path
@@ -67,16 +64,7 @@ class Story:
         self.ledger = Ledger(self.data / "ledger.sqlite")
 
     def drop(self, name: str, content: str) -> None:
-        path = drop_file(self.inbox, name, textwrap.dedent(content).lstrip())
-        landed = Landed(
-            uri=file_uri(path),
-            relative=name,
-            size=path.stat().st_size,
-            fingerprint=file_digest(path),
-            source="local",
-            local_path=str(path),
-        )
-        record(self.ledger, self.name, landed)
+        land_file(self.ledger, self.name, self.inbox, name, textwrap.dedent(content).lstrip())
 
     def run(self) -> dict[str, Any]:
         from eventpipe.flows import materialize_pipeline

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from eventpipe.ledger import Ledger
 from eventpipe.server import EmbeddedServer, free_port, server_env
 
 T = TypeVar("T")
@@ -119,6 +120,27 @@ def drop_file(inbox: Path, name: str, content: str | bytes) -> Path:
         tmp.write_bytes(content)
     tmp.replace(target)
     return target
+
+
+def land_file(ledger: Ledger, pipeline: str, inbox: Path, name: str, content: str) -> Path:
+    """Drop ``name`` into ``inbox`` and record it in ``ledger`` as the watcher would, without
+    a watcher: for tests that call the materialize flow themselves."""
+    from eventpipe.app import record
+    from eventpipe.keys import file_uri
+    from eventpipe.models import Landed
+    from eventpipe.storage import file_digest
+
+    path = drop_file(inbox, name, content)
+    landed = Landed(
+        uri=file_uri(path),
+        relative=name,
+        size=path.stat().st_size,
+        fingerprint=file_digest(path),
+        source="local",
+        local_path=str(path),
+    )
+    record(ledger, pipeline, landed)
+    return path
 
 
 def wait_for(
