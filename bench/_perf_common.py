@@ -189,7 +189,7 @@ def _create_run(flow: Any, parameters: dict[str, Any]) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while True:
         try:
             with get_client(sync_client=True) as client:
@@ -199,6 +199,29 @@ def _create_run(flow: Any, parameters: dict[str, Any]) -> Any:
                 raise
             print("server busy (503); creating the run again in 5 s", flush=True)
             time.sleep(5)
+
+
+def settle(timeout: float = 600.0) -> float:
+    """Wait until the server answers a small read quickly three times in a row: after a
+    thousand files it ingests their events and task runs for minutes, and a run measured
+    meanwhile measures that. Returns the seconds waited."""
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    quick = 0
+    while quick < 3 and time.monotonic() - started < timeout:
+        t = time.perf_counter()
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_flow_runs(limit=1)
+            quick = quick + 1 if time.perf_counter() - t < 0.25 else 0
+        except Exception:
+            quick = 0
+        time.sleep(1)
+    waited = time.monotonic() - started
+    if waited > 5:
+        print(f"waited {waited:.0f} s for the server to settle", flush=True)
+    return waited
 
 
 def warm(root: Path, pipeline_spec: str) -> None:

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 wall, summary = common.run_flow(spec, data)
                 print(f"{form}: {size} partitions built in {wall:.1f} s", flush=True)
                 dirs[size] = inbox
+            common.settle()
             timings[form] = {args.small: [], args.large: []}
             for index in range(args.rounds):
                 for size, inbox in dirs.items():
