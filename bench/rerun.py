@@ -7,7 +7,7 @@ Each run is the deployment flow called in this process, as the push runner execu
 flow body's own time (the run summary's ``total``) is reported beside the wall time, which
 also holds Prefect's flow-run round trips to a server shared with the other engineers.
 
-    .venv/bin/python bench/rerun.py [--files 200] [--repeat 3] [--quick]
+    .venv/bin/python bench/rerun.py [--files 1000] [--repeat 3] [--quick]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ NAME = "rerun"
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=200, help="files in the full run")
+    parser.add_argument("--files", type=int, default=1000, help="files in the full run")
     parser.add_argument("--repeat", type=int, default=3, help="no-change and empty runs each")
     parser.add_argument("--quick", action="store_true", help="50 files, 2 repeats (~1-2 min)")
     args = parser.parse_args(argv)
