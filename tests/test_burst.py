@@ -16,6 +16,7 @@ FILES = 1000
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # all done is waited for up to 600 s, then a stop on a busy server
 def test_a_burst_of_files_is_processed_once_by_few_runs(
     prefect_server: EmbeddedServer, tmp_path: Path
 ) -> None:
