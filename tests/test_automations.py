@@ -77,6 +77,7 @@ def test_the_shipped_template_is_the_one_in_deployments() -> None:
             "notify_block_id": "b",
             "stale_minutes": "5",
             "stale_seconds": 300,
+            "unresponsive_seconds": 540,
         },
     )
     assert [a["name"] for a in rendered] == [
@@ -84,6 +85,7 @@ def test_the_shipped_template_is_the_one_in_deployments() -> None:
         "eventpipe/sales: file rejected",
         "eventpipe/sales: no run after files landed",
         "eventpipe/sales: asset stale",
+        "eventpipe/sales: run unresponsive",
     ]
     assert rendered[2]["trigger"]["within"] == 300
     assert "{{ event.payload.reason }}" in rendered[1]["actions"][0]["body"]
@@ -113,9 +115,9 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     stale = loop.wait_events(lambda evs: len(evs) >= 1, "eventpipe.asset.stale")
     assert stale[0]["payload"]["files_behind"] >= 1
 
-    # Applying again updates the same four automations.
+    # Applying again updates the same five automations.
     again = loop.loop.apply_automations()
-    assert [what for _, what in again] == ["updated"] * 4
+    assert [what for _, what in again] == ["updated"] * 5
 
 
 def test_files_landing_with_no_run_coming_page_on_call(
@@ -136,3 +138,47 @@ def test_files_landing_with_no_run_coming_page_on_call(
     sender.close()
     page = pager.wait("no run for", timeout=120)
     assert "eventpipe up" in page["body"]
+
+
+def test_a_run_whose_heartbeats_stop_is_marked_crashed_and_pages(
+    loop: Harness, pager: Pager, prefect_server: EmbeddedServer
+) -> None:
+    """The process running a run dies (here: a Running run whose heartbeats simply stop):
+    the server marks it Crashed, and that pages like any crashed run."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    loop.loop.stop()  # nothing here executes the run below
+    deployment_id = loop.loop.deployment_id
+    assert deployment_id is not None
+    block_id = automations.notification_block(None, pager.url)
+    assert block_id is not None
+    done = automations.apply(loop.name, deployment_id, block_id, 5, unresponsive_seconds=10)
+    assert (f"eventpipe/{loop.name}: run unresponsive", "updated") in done
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(deployment_id)
+        client.set_flow_run_state(run.id, Running(), force=True)
+    sender = EventSender(prefect_server.api_url)
+    _, body = build_event(
+        "prefect.flow-run.heartbeat",
+        {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": "x"},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                "prefect.resource.role": "deployment",
+            }
+        ],
+    )
+    assert sender.send([body])
+    sender.close()
+
+    def crashed() -> str | None:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run.id).state
+        return state.message if state is not None and state.name == "Crashed" else None
+
+    message = wait_for(crashed, 120, interval=1, what="the silent run marked Crashed")
+    assert "No heartbeat for 10 s" in message
+    page = pager.wait(f"{run.name} Crashed")
+    assert "No heartbeat" in page["body"]

@@ -17,7 +17,7 @@ from eventpipe.keys import asset_key
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.models import Landed
 from eventpipe.pipeline import Pipeline, is_path_spec, load_pipeline, pipeline_source
-from eventpipe.server import EmbeddedServer, server_env
+from eventpipe.server import AT_REST, EmbeddedServer, server_env
 from eventpipe.settings import Settings
 from eventpipe.sources.local import FolderSource, Rejected
 from eventpipe.storage import quarantine, quarantine_note
@@ -51,7 +51,11 @@ def configure_api(settings: Settings) -> EmbeddedServer | None:
     if settings.port and not port:
         log.warning("port %d is in use; the embedded server takes a free port", settings.port)
     server = EmbeddedServer(
-        home, port=port or None, host=settings.host, log_file=settings.home / "server.log"
+        home,
+        port=port or None,
+        host=settings.host,
+        log_file=settings.home / "server.log",
+        env={k: v for k, v in AT_REST.items() if k not in os.environ},
     )
     os.environ.update(server_env(home, server.port))
     auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")

@@ -91,16 +91,36 @@ def apply(
     block_id: UUID,
     stale_minutes: float,
     path: Path | None = None,
+    unresponsive_seconds: int | None = None,
 ) -> list[tuple[str, str]]:
-    """Create or update the pipeline's automations; returns (name, "created"/"updated")."""
+    """Create or update the pipeline's automations; returns (name, "created"/"updated").
+
+    A run is unresponsive after ``unresponsive_seconds`` without a heartbeat: by default three
+    of Prefect's heartbeat intervals (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 180 s unless set;
+    it must be the same where the runs execute). With heartbeats off, that automation is left
+    out."""
+    window = unresponsive_seconds or unresponsive_window()
     values = {
         "pipeline": pipeline,
         "deployment_id": deployment_id,
         "notify_block_id": block_id,
         "stale_minutes": f"{stale_minutes:g}",
         "stale_seconds": max(int(stale_minutes * 60), 10),  # Prefect's least proactive window
+        "unresponsive_seconds": max(window or 0, 10),
     }
-    return asyncio.run(_apply(render(template(path), values)))
+    specs = template(path)
+    if window is None:
+        specs = [a for a in specs if "{unresponsive_seconds}" not in yaml.safe_dump(a)]
+    return asyncio.run(_apply(render(specs, values)))
+
+
+def unresponsive_window() -> int | None:
+    """Three heartbeat intervals of this process's Prefect settings; None when heartbeats are
+    off."""
+    from prefect.settings import get_current_settings
+
+    frequency = get_current_settings().flows.heartbeat_frequency
+    return None if frequency is None else 3 * frequency
 
 
 async def _apply(specs: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -34,6 +34,21 @@ def server_env(home: Path, port: int) -> dict[str, str]:
     }
 
 
+AT_REST = {
+    # The embedded server serves one eventpipe: no work pool worker reports to it (foreman),
+    # no flow run pauses itself (pause expirations), and what is cleaned up after cancelled
+    # runs can wait a minute. Each of these is a background service that wakes the server
+    # every few seconds at rest; an environment variable of the same name wins.
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "60",
+    # Late marks are a fallback for a missed Scheduled event (the runner's sweep is another).
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "15",
+}
+"""Server settings for ``eventpipe up``'s embedded server, which is at rest most of the time."""
+
+
 class EmbeddedServer:
     """A ``prefect server start`` child process, stopped with its whole process group."""
 

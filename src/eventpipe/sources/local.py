@@ -78,13 +78,15 @@ class FolderSource:
         """Watch until ``stop`` is set. Scans first, so files already there are not missed."""
         self.inbox.mkdir(parents=True, exist_ok=True)
         # watch() starts watching at its first iteration; whatever lands between the first
-        # scan and then is caught by a second scan at the first yield (at most 0.3 s later).
+        # scan and then is caught by a second scan at the first yield (at most 1 s later). A
+        # change is yielded 10-20 ms after its last event (step); at rest the watcher wakes
+        # Python once a second (rust_timeout).
         watcher = watch(
             self.inbox,
             debounce=200,
             step=10,
             stop_event=stop,
-            rust_timeout=300,
+            rust_timeout=1000,
             yield_on_timeout=True,
             recursive=True,
             ignore_permission_denied=True,
