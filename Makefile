@@ -7,7 +7,10 @@ UV := $(PYTHON) -m uv
 
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	# --compile-bytecode: every process (the server, a worker's flow run, a test's `eventpipe
+	# up`) then loads compiled modules, even where PYTHONDONTWRITEBYTECODE keeps Python from
+	# caching them: Prefect + eventpipe import in about 2 s instead of 7 on this machine.
+	$(UV) sync --frozen --all-extras --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 env: .venv/.synced

@@ -90,6 +90,8 @@ class Drop:
     """Until the first analytics output had a new mtime (None: timed out)."""
     all_seconds: float | None
     """Until every analytics output had a new mtime (None: timed out)."""
+    dropped_at: float = 0.0
+    """Wall-clock time just before the write (to match the drop with the run it started)."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,10 @@ def measure(
     drops: list[Drop] = []
     for index, (name, content) in enumerate(samples):
         before = mtimes(outputs)
-        t0 = time.perf_counter()
+        dropped_at, t0 = time.time(), time.perf_counter()
         drop(name, content)
         first, every = wait_fresh(outputs, before, t0, DROP_TIMEOUT)
-        drops.append(Drop(index=index, first_seconds=first, all_seconds=every))
+        drops.append(Drop(index, first, every, dropped_at))
         shown = f"{every:6.3f} s" if every is not None else "timeout"
         print(f"  {label:9} drop {index + 1:2}/{len(samples)}: {shown}", flush=True)
         time.sleep(rng.uniform(*GAP_SECONDS))
@@ -309,7 +311,7 @@ def run_worker(
     )
     try:
         worker.start().wait_for_output("started!", 120)
-        return run_eventpipe(
+        drops = run_eventpipe(
             root,
             api_url,
             samples,
@@ -321,6 +323,54 @@ def run_worker(
         )
     finally:
         worker.stop(timeout=20)
+    WORKER_STAGES[label] = worker_stages(pool, drops)
+    print(f"  {label}: where the time went (medians, s): {WORKER_STAGES[label]}", flush=True)
+    return drops
+
+
+WORKER_STAGES: dict[str, dict[str, float | None]] = {}
+"""Per worker path: median seconds of each stage from a drop to its run's end."""
+
+
+def worker_stages(pool: str, drops: list[Drop]) -> dict[str, float | None]:
+    """Split the worker path's latency with the server's records: drop -> flow run created
+    (watcher, event, trigger), created -> Pending (the worker's poll claims it), Pending ->
+    Running (a new process imports Prefect, eventpipe and the pipeline), Running -> Completed
+    (the flow run itself)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, WorkPoolFilter, WorkPoolFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            flow_run_filter=FlowRunFilter(),
+            limit=200,
+        )
+        history = {run.id: client.read_flow_run_states(run.id) for run in runs}
+    stages: dict[str, list[float]] = {
+        "drop -> run created": [],
+        "created -> Pending": [],
+        "Pending -> Running": [],
+        "Running -> Completed": [],
+    }
+    created = sorted((run.created.timestamp(), run.id) for run in runs if run.created)
+    for drop in drops:
+        run_id = next((i for at, i in created if at >= drop.dropped_at), None)
+        if run_id is None:
+            continue
+        at = {s.type.value: s.timestamp.timestamp() for s in history[run_id] if s.timestamp}
+        made = next(t for t, i in created if i == run_id)
+        stages["drop -> run created"].append(made - drop.dropped_at)
+        for name, (a, b) in {
+            "created -> Pending": (None, "PENDING"),
+            "Pending -> Running": ("PENDING", "RUNNING"),
+            "Running -> Completed": ("RUNNING", "COMPLETED"),
+        }.items():
+            start = made if a is None else at.get(a)
+            end = at.get(b)
+            if start is not None and end is not None:
+                stages[name].append(end - start)
+    return {k: round(statistics.median(v), 3) if v else None for k, v in stages.items()}
 
 
 # -- baseline: Prefect's serve with its defaults -------------------------------------------------
@@ -556,6 +606,7 @@ def write_results(
             "rows_per_file": 50,
         },
         "summary": {r.path: asdict(r) for r in rows},
+        "worker_stages_median_seconds": WORKER_STAGES,
         "ratio_p50": speedup,
         "server_database": "sqlite (Prefect's default, private PREFECT_HOME)",
         "s3_minus_folder_p50": (
