@@ -355,11 +355,10 @@ def worker_stages(pool: str, drops: list[Drop]) -> dict[str, float | None]:
     }
     created = sorted((run.created.timestamp(), run.id) for run in runs if run.created)
     for drop in drops:
-        run_id = next((i for at, i in created if at >= drop.dropped_at), None)
+        made, run_id = next(((t, i) for t, i in created if t >= drop.dropped_at), (0.0, None))
         if run_id is None:
             continue
         at = {s.type.value: s.timestamp.timestamp() for s in history[run_id] if s.timestamp}
-        made = next(t for t, i in created if i == run_id)
         stages["drop -> run created"].append(made - drop.dropped_at)
         for name, (a, b) in {
             "created -> Pending": (None, "PENDING"),

@@ -541,20 +541,16 @@ class Ledger:
     # -- asset catalog -------------------------------------------------------------------------
 
     def asset(self, pipeline: str, name: str, partition: str = "") -> AssetRow | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT * FROM assets WHERE pipeline=? AND name=? AND partition=?",
-                (pipeline, name, partition),
-            )
-            .fetchone()
-        )
-        return AssetRow(**dict(row)) if row else None
+        return next(iter(self.assets(pipeline, name, partition)), None)
 
-    def assets(self, pipeline: str, name: str | None = None) -> list[AssetRow]:
+    def assets(
+        self, pipeline: str, name: str | None = None, partition: str | None = None
+    ) -> list[AssetRow]:
         sql, args = f"SELECT {_ASSET_COLUMNS} FROM assets WHERE pipeline=?", [pipeline]
         if name is not None:
             sql, args = sql + " AND name=?", [*args, name]
+        if partition is not None:
+            sql, args = sql + " AND partition=?", [*args, partition]
         # Plain tuples in field order: a run reads every partition's row several times, and
         # sqlite3.Row + dict + keywords cost twice the query itself at 1000 partitions.
         cursor = self._conn().cursor()
