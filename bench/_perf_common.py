@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from eventpipe import demo
-from eventpipe.app import record
+from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import Pipeline
 
@@ -133,9 +133,10 @@ def land(data: Path, pipeline: str, inbox: Path, paths: list[Path]) -> None:
 
 
 def send_outbox(ledger: Ledger) -> None:
-    from eventpipe.events import EventSender, flush_outbox
+    from eventpipe.events.outbox import flush_outbox
+    from eventpipe.run.deliver import prefect_sender
 
-    sender = EventSender.from_prefect_settings()
+    sender = prefect_sender()
     try:
         if flush_outbox(ledger, sender) < 0:
             raise RuntimeError("the server did not take the events")
@@ -145,8 +146,8 @@ def send_outbox(ledger: Ledger) -> None:
 
 def requeue_done(data: Path, pipeline: str) -> int:
     """Make every done file pending again, unchanged: the next run finds nothing new."""
-    from eventpipe.events import sighting_event
-    from eventpipe.keys import asset_key
+    from eventpipe.core.keys import asset_key
+    from eventpipe.events.build import sighting_event
 
     ledger = Ledger(data / "ledger.sqlite")
     try:
@@ -170,7 +171,7 @@ def run_flow(pipeline_spec: str, data: Path, **extra: Any) -> tuple[float, dict[
     from prefect.flow_engine import run_flow as execute
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from eventpipe.flows import materialize_pipeline
+    from eventpipe.run.flow import materialize_pipeline
 
     flow = materialize_pipeline
     parameters = {"pipeline": pipeline_spec, "data": str(data), **extra}
@@ -227,7 +228,7 @@ def settle(timeout: float = 600.0) -> float:
 def warm(root: Path, pipeline_spec: str) -> None:
     """What a running ``eventpipe up`` has already paid: imports, the pipeline loaded, a
     first flow run (a warm runner never pays them per run)."""
-    from eventpipe import flows
+    from eventpipe.run import flow as flows
 
     flows.warm_up(pipeline_spec)
     inbox, data = root / "warm-inbox", root / "warm-data"

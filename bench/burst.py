@@ -47,8 +47,8 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from eventpipe.app import LocalLoop
     from eventpipe.ledger import Ledger
+    from eventpipe.loop.local import LocalLoop
     from eventpipe.settings import Settings
 
     name = f"perf_burst_{size}"

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     code = common.start_state()
     walls: dict[str, dict[str, list[float]]] = {}
     with common.prefect_server(NAME) as root:
-        from eventpipe.cluster import LocalDask
+        from eventpipe.run.dask import LocalDask
 
         for case, (attr, rows) in PIPELINES.items():
             spec = common.spec(attr)

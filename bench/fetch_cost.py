@@ -116,8 +116,8 @@ def _measure(root: Path, rows: int, rounds: int) -> dict[str, Any]:
     from prefect.context import SyncClientContext
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from eventpipe.fetch import fetch_source
-    from eventpipe.flows import materialize_pipeline
+    from eventpipe.run.fetch import fetch_source
+    from eventpipe.run.flow import materialize_pipeline
 
     data = root / "data"
     samples: list[dict[str, Any]] = []

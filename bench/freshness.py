@@ -43,15 +43,17 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-# None of these import Prefect, which must first see the environment configure_prefect_env sets.
-from eventpipe.app import record
+from eventpipe.core.keys import file_uri
+from eventpipe.core.models import Landed
+from eventpipe.core.storage import Storage, file_digest
 from eventpipe.demo import write_sample
-from eventpipe.events import EventSender, flush_outbox
-from eventpipe.keys import file_uri
+from eventpipe.events.outbox import flush_outbox
+
+# None of these import Prefect, which must first see the environment configure_prefect_env sets.
+from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
-from eventpipe.models import Landed
 from eventpipe.pipeline import load_pipeline
-from eventpipe.storage import Storage, file_digest
+from eventpipe.run.deliver import prefect_sender
 from eventpipe.testing import Background, configure_prefect_env, drop_file, moto_s3, upload
 
 BENCH = Path(__file__).resolve().parent
@@ -67,8 +69,8 @@ BASE_NAME = "bench_base"
 
 SERVE_SCRIPT = """
 import sys
-from eventpipe.flows import materialize_pipeline
-from eventpipe.deploy import landed_trigger
+from eventpipe.run.flow import materialize_pipeline
+from eventpipe.orchestration.deploy import landed_trigger
 
 materialize_pipeline.serve(
     name=sys.argv[3],
@@ -241,7 +243,7 @@ def run_bucket(
     each sample is one ``put_object``, timed from just before the PUT."""
     import boto3
 
-    from eventpipe.sources.s3 import setup_notifications
+    from eventpipe.intake.s3 import setup_notifications
 
     with moto_s3(root / "moto.log") as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -467,7 +469,7 @@ def landed(inbox: Path, path: Path) -> Landed:
 
 
 def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
-    from eventpipe import deploy
+    from eventpipe.orchestration import deploy
 
     inbox = (root / "base-inbox").resolve()
     data = (root / "base-data").resolve()
@@ -479,7 +481,7 @@ def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
     try:
         deployment_id = wait_serving(proc, log, SERVE_READY_TIMEOUT)
         ledger = Ledger(data / "ledger.sqlite")
-        sender = EventSender.from_prefect_settings()
+        sender = prefect_sender()
 
         def drop(name: str, content: bytes) -> None:
             path = drop_file(inbox, name, content)

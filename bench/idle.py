@@ -45,7 +45,7 @@ def prepare_home(home: Path, timeout: float) -> float:
     """Start and stop the embedded server once on ``home``, so that its database exists and is
     migrated: a first start on a busy 2-core machine can outlast ``up``'s 90 s start timeout,
     and the figures are about the process at rest, not its first start."""
-    from eventpipe.server import EmbeddedServer, free_port, server_env
+    from eventpipe.orchestration.server import EmbeddedServer, free_port, server_env
 
     prefect_home = home / "prefect"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

@@ -103,12 +103,12 @@ def spec() -> str:
 def run_flow_once(csv: Path, work: Path) -> dict[str, Any]:
     """Record ``csv`` in a fresh ledger and materialize it with a real flow run; returns the
     run's summary (its ``stage_seconds`` say where the time went)."""
-    from eventpipe.app import record
-    from eventpipe.flows import materialize_pipeline
-    from eventpipe.keys import file_uri
+    from eventpipe.core.keys import file_uri
+    from eventpipe.core.models import Landed
+    from eventpipe.core.storage import file_digest
+    from eventpipe.intake.record import record
     from eventpipe.ledger import Ledger
-    from eventpipe.models import Landed
-    from eventpipe.storage import file_digest
+    from eventpipe.run.flow import materialize_pipeline
 
     data = work / "data"
     ledger = Ledger(data / "ledger.sqlite")
@@ -148,9 +148,9 @@ def runner_like() -> Iterator[None]:
 
 def read_transform_write(csv: Path, work: Path) -> Path:
     """What a run does to the file, minus Prefect: read, check, transform, write the version."""
-    from eventpipe.readers import read_frame
-    from eventpipe.steps import check_schema, result_frame
-    from eventpipe.storage import Storage
+    from eventpipe.core.readers import read_frame
+    from eventpipe.core.storage import Storage
+    from eventpipe.run.tasks import check_schema, result_frame
 
     step = pipeline.steps["rows"]
     frame = read_frame(csv, ".csv")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
 
 _SERVER = pytest.StashKey[EmbeddedServer]()
 _ROOT = pytest.StashKey[Path]()

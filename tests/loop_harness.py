@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from eventpipe.app import LocalLoop
-from eventpipe.keys import asset_key, file_uri
+from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.ledger import FileRow, Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.loop.local import LocalLoop
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.settings import Settings
 from eventpipe.testing import drop_file, read_events, wait_for
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
-from eventpipe.artifacts import FileLine, RunReport, artifact_key, escape_markdown, table_rows
+from eventpipe.run.artifacts import FileLine, RunReport, artifact_key, escape_markdown, table_rows
 
 HOSTILE = [
     "[x](javascript:alert(1))",

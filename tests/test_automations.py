@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from eventpipe import automations
-from eventpipe.events import EventSender, build_event, related_pipeline
-from eventpipe.server import EmbeddedServer
+from eventpipe.events.build import build_event, related_pipeline
+from eventpipe.events.outbox import EventSender
+from eventpipe.orchestration import automations
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import wait_for
 from tests.loop_harness import Harness, running_loop
 
@@ -67,7 +68,7 @@ def loop(prefect_server: EmbeddedServer, tmp_path: Path, pager: Pager) -> Iterat
 
 
 def test_the_shipped_template_is_the_one_in_deployments() -> None:
-    packaged = (ROOT / "src" / "eventpipe" / "automations.yaml").read_text()
+    packaged = (ROOT / "src" / "eventpipe" / "orchestration" / "automations.yaml").read_text()
     assert (ROOT / "deployments" / "automations.yaml").read_text() == packaged
     rendered = automations.render(
         automations.template(),

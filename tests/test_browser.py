@@ -20,8 +20,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from eventpipe.events import pipeline_resource_id
-from eventpipe.server import EmbeddedServer
+from eventpipe.core.names import pipeline_resource_id
+from eventpipe.orchestration.server import EmbeddedServer
 from tests.loop_harness import Harness, running_loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -170,8 +170,8 @@ def test_run_artifacts_show_the_summary_and_an_asset_table(
 def test_lineage_page_draws_the_graph_and_marks_the_failing_step_and_stale_assets(
     loop: Harness, page: Any, tmp_path: Path
 ) -> None:
+    from eventpipe.ops.webui import serve
     from eventpipe.pipeline import load_pipeline
-    from eventpipe.webui import serve
 
     loop.drop("good.csv", GOOD)
     loop.wait_file_state("good.csv", "done")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import wait_for
 from tests.loop_harness import running_loop
 

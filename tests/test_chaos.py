@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer, free_port
+from eventpipe.orchestration.server import EmbeddedServer, free_port
 from eventpipe.testing import drop_file, wait_for
 
 FILES = 500

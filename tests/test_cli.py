@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import drop_file, read_events, wait_for
 
 PIPELINE = """

@@ -13,11 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from eventpipe.cluster import LocalDask, check_task_runner
+from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.exceptions import ConfigError
-from eventpipe.keys import asset_key, file_uri
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
+from eventpipe.run.dask import LocalDask
+from eventpipe.settings import check_task_runner
 from eventpipe.testing import drop_file, eventpipe_up, land_file, read_events, wait_for
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,7 @@ class Run:
             land_file(self.ledger, self.name, self.inbox, relative, content)
 
     def run(self, task_runner: str) -> dict[str, Any]:
-        from eventpipe.flows import materialize_pipeline
+        from eventpipe.run.flow import materialize_pipeline
 
         materialize_pipeline(
             f"{self.spec_file}:pipeline",

@@ -17,10 +17,10 @@ import pytest
 
 from eventpipe import Pipeline, PipelineDefinitionError
 from eventpipe.exceptions import FetchError
-from eventpipe.fetch import Fetched, as_fetched, fetch_source
 from eventpipe.fetchers import http_csv, http_json
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
+from eventpipe.run.fetch import Fetched, as_fetched, fetch_source
 from eventpipe.testing import FakeEndpoint, Reply, fake_endpoint, read_events, wait_for
 
 ORDERS_V1 = {"items": [{"day": "2026-05-01", "amount": 10.0}, {"day": "2026-05-02", "amount": 5}]}
@@ -461,8 +461,8 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from eventpipe.app import LocalLoop
-    from eventpipe.deploy import register_fetches
+    from eventpipe.loop.local import LocalLoop
+    from eventpipe.orchestration.deploy import register_fetches
     from eventpipe.pipeline import load_pipeline
     from eventpipe.settings import Settings
 
@@ -551,8 +551,8 @@ def test_readme_fetch_example_runs_as_written(
     import subprocess
     import sys
 
-    from eventpipe.app import LocalLoop
-    from eventpipe.server import free_port
+    from eventpipe.loop.local import LocalLoop
+    from eventpipe.orchestration.server import free_port
     from eventpipe.settings import Settings
     from tests.test_readme import readme_files
 

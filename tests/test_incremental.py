@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from eventpipe.events import sighting_event
-from eventpipe.keys import asset_key
+from eventpipe.core.keys import asset_key
+from eventpipe.events.build import sighting_event
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import land_file
 
 PIPELINE = """
@@ -67,7 +67,7 @@ class Story:
         land_file(self.ledger, self.name, self.inbox, name, textwrap.dedent(content).lstrip())
 
     def run(self) -> dict[str, Any]:
-        from eventpipe.flows import materialize_pipeline
+        from eventpipe.run.flow import materialize_pipeline
 
         summary: dict[str, Any] = materialize_pipeline(f"{self.spec_file}:pipeline", str(self.data))
         return summary

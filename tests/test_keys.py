@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eventpipe.keys import (
+from eventpipe.core.keys import (
     MAX_KEY_LENGTH,
     asset_key,
     file_uri,

@@ -12,8 +12,8 @@ from uuid import uuid4
 
 import pytest
 
+from eventpipe.core.models import Landed
 from eventpipe.ledger import AssetRow, FileRow, FileState, Ledger
-from eventpipe.models import Landed
 
 PIPELINE = "sales"
 

@@ -12,8 +12,10 @@ import pytest
 
 from eventpipe import cli
 from eventpipe.cli import app
+from eventpipe.core.models import Landed
 from eventpipe.ledger import AssetRow, FileRow, Ledger
-from eventpipe.lineage import (
+from eventpipe.ops.formats import to_dict, to_dot, to_mermaid
+from eventpipe.ops.lineage import (
     Graph,
     Upstream,
     Verdict,
@@ -22,10 +24,8 @@ from eventpipe.lineage import (
     judge,
     last_run,
 )
-from eventpipe.lineage_formats import to_dict, to_dot, to_mermaid
-from eventpipe.models import Landed
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.pipeline import Pipeline
-from eventpipe.server import EmbeddedServer
 from tests.loop_harness import Harness, running_loop
 
 NOW = 1_800_000_000.0
@@ -383,7 +383,7 @@ def test_lineage_follows_a_running_loop(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from eventpipe.app import scan_once
+    from eventpipe.intake.record import scan_once
 
     monkeypatch.chdir(tmp_path)
     with running_loop(prefect_server, tmp_path) as h:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eventpipe.keys import file_uri
-from eventpipe.models import Landed
-from eventpipe.sources.local import FolderSource, Rejected
+from eventpipe.core.keys import file_uri
+from eventpipe.core.models import Landed
+from eventpipe.intake.local import FolderSource, Rejected
 
 
 class Inbox:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from eventpipe.app import requeue_failed
-from eventpipe.keys import asset_key, file_uri
-from eventpipe.server import EmbeddedServer
+from eventpipe.core.keys import asset_key, file_uri
+from eventpipe.intake.record import requeue_failed
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import wait_for
 from tests.loop_harness import Harness, running_loop
 

@@ -248,8 +248,8 @@ def test_prefect_yaml_fetch_example_matches_what_up_registers() -> None:
     flow's parameters and a schedule, named as `eventpipe up` names it."""
     import inspect
 
-    from eventpipe.deploy import fetch_deployment_name
-    from eventpipe.fetch import fetch_source
+    from eventpipe.orchestration.deploy import fetch_deployment_name
+    from eventpipe.run.fetch import fetch_source
 
     text = (ROOT / "prefect.yaml").read_text()
     start = text.index("  # - name: orders_api-orders")
@@ -257,7 +257,7 @@ def test_prefect_yaml_fetch_example_matches_what_up_registers() -> None:
     (deployment,) = yaml.safe_load("deployments:\n" + example)["deployments"]
     assert deployment["name"] == fetch_deployment_name("orders_api", "orders")
     module, _, name = deployment["entrypoint"].rpartition(".")
-    assert (module, name) == ("eventpipe.fetch", "fetch_source")
+    assert (module, name) == ("eventpipe.flows", "fetch_source")
     parameters = inspect.signature(fetch_source.fn).parameters
     assert set(deployment["parameters"]) == set(parameters)
     assert deployment["parameters"]["data"] == "{{ $EVENTPIPE_DATA }}"

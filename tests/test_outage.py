@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer, free_port
+from eventpipe.orchestration.server import EmbeddedServer, free_port
 from eventpipe.testing import Background, drop_file, wait_for
 
 AUTH = "ops:" + "s3cret-outage-test"

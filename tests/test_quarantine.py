@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from eventpipe.keys import partition_name
-from eventpipe.server import EmbeddedServer
+from eventpipe.core.keys import partition_name
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import drop_file, wait_for
 from tests.loop_harness import Harness, running_loop
 from tests.test_artifacts import render

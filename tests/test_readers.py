@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from eventpipe.core.readers import SUFFIXES, read_frame, suffix_of
 from eventpipe.exceptions import RejectedInput
-from eventpipe.readers import SUFFIXES, read_frame, suffix_of
 
 ROWS = [
     {"order_id": 1, "region": "eu", "amount": 12.5},

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from eventpipe.app import LocalLoop
-from eventpipe.server import EmbeddedServer
+from eventpipe.loop.local import LocalLoop
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.settings import Settings
 from eventpipe.testing import Background, wait_for
 

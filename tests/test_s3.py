@@ -15,9 +15,9 @@ from typing import Any
 import boto3
 import pytest
 
-from eventpipe.keys import asset_key
-from eventpipe.server import EmbeddedServer
-from eventpipe.sources.s3 import setup_notifications
+from eventpipe.core.keys import asset_key
+from eventpipe.intake.s3 import setup_notifications
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import upload, wait_for
 from tests.loop_harness import Harness, running_loop
 

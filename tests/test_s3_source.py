@@ -8,9 +8,9 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from eventpipe.core.storage import inside
 from eventpipe.exceptions import ConfigError
-from eventpipe.sources.s3 import BucketLocation, ObjectNotice, parse_notification, relative_key
-from eventpipe.storage import inside
+from eventpipe.intake.s3 import BucketLocation, ObjectNotice, parse_notification, relative_key
 
 
 def notification(*keys: str, event: str = "ObjectCreated:Put") -> str:

@@ -13,7 +13,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from eventpipe.server import free_port
+from eventpipe.orchestration.server import free_port
 from eventpipe.testing import wait_for
 
 

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from eventpipe.lineage import Graph, Node, Verdict
-from eventpipe.webui import draw, render_page
+from eventpipe.ops.lineage import Graph, Node, Verdict
+from eventpipe.ops.webui import draw, render_page
 
 HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>.csv'
 

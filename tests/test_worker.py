@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from eventpipe.keys import asset_key, file_uri
+from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import (
     Background,
     client_env,

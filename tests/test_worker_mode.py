@@ -15,11 +15,11 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.runner import EntrypointType  # type: ignore[attr-defined]
 from prefect.states import Crashed, Running
 
-from eventpipe.app import LocalLoop
-from eventpipe.deploy import landed_trigger
-from eventpipe.flows import materialize_pipeline
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer
+from eventpipe.loop.local import LocalLoop
+from eventpipe.orchestration.deploy import landed_trigger
+from eventpipe.orchestration.server import EmbeddedServer
+from eventpipe.run.flow import materialize_pipeline
 from eventpipe.settings import Settings
 from eventpipe.testing import drop_file, wait_for
 

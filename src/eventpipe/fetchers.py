@@ -23,7 +23,9 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from eventpipe.credentials import (
+from eventpipe.events.outbox import ssl_context
+from eventpipe.exceptions import ConfigError, FetchError
+from eventpipe.run.credentials import (
     SecretRef,
     from_block,
     from_env,
@@ -32,9 +34,7 @@ from eventpipe.credentials import (
     remember,
     reveal,
 )
-from eventpipe.events import ssl_context
-from eventpipe.exceptions import ConfigError, FetchError
-from eventpipe.fetch import FetchContext, Fetched, NotModified, current
+from eventpipe.run.fetch import FetchContext, Fetched, NotModified, current
 
 __all__ = [
     "FetchError",

@@ -459,3 +459,9 @@ def load_pipeline(spec: str) -> Pipeline:
     pipeline.validate()
     pipeline.source = spec
     return pipeline
+
+
+def absolute_spec(spec: str) -> str:
+    """Make a ``file.py:attr`` spec absolute so every process resolves it the same way."""
+    target, _, attr = spec.rpartition(":")
+    return f"{Path(target).resolve()}:{attr}" if is_path_spec(spec) else spec

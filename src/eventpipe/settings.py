@@ -14,6 +14,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from eventpipe.exceptions import ConfigError
+
+
+def check_task_runner(value: str) -> str:
+    """``value`` if it names a task runner eventpipe knows, else a :class:`ConfigError`."""
+    if value in ("threads", "dask") or value.startswith(("tcp://", "tls://")):
+        return value
+    raise ConfigError(
+        f"task runner {value!r}: use 'threads', 'dask' or the address of a running Dask"
+        " scheduler (tcp://host:port)"
+    )
+
 
 class Settings(BaseSettings):
     """Every knob of eventpipe. Relative paths are taken from the working directory."""
@@ -108,8 +120,6 @@ class Settings(BaseSettings):
     @field_validator("task_runner")
     @classmethod
     def _known_task_runner(cls, value: str) -> str:
-        from eventpipe.cluster import check_task_runner
-
         return check_task_runner(value)  # a ConfigError, not a ValidationError: said as is
 
     @model_validator(mode="before")

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from eventpipe.keys import asset_key, file_uri
-from eventpipe.ledger import AssetRow, FileRow
+from eventpipe.core.keys import asset_key, file_uri
+from eventpipe.core.storage import Storage
+from eventpipe.ledger import AssetRow, FileRow, Ledger, ledger_path
 from eventpipe.pipeline import Pipeline
-from eventpipe.storage import Storage
 
 Health = Literal["fresh", "stale", "failing", "missing"]
 NodeKind = Literal["raw", "processed", "analytics"]
@@ -267,11 +267,9 @@ def read_graph(pipeline: Pipeline, data: Path, *, stale_minutes: float = 60) -> 
     before anything has run)."""
     import time
 
-    from eventpipe.ledger import Ledger
-
     files: list[FileRow] = []
     assets: list[AssetRow] = []
-    path = data / "ledger.sqlite"
+    path = ledger_path(data)
     if path.exists():
         ledger = Ledger(path)
         try:

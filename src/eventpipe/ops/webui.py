@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from eventpipe.lineage import Graph, Node, age_text, read_graph
-from eventpipe.lineage_formats import to_dot, to_json, to_mermaid
+from eventpipe.ops.formats import to_dot, to_json, to_mermaid
+from eventpipe.ops.lineage import Graph, Node, age_text, read_graph
 from eventpipe.pipeline import Pipeline
 
 log = logging.getLogger("eventpipe.webui")

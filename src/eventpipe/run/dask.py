@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from eventpipe.exceptions import ConfigError
+from eventpipe.settings import check_task_runner
 
 log = logging.getLogger("eventpipe.cluster")
 
@@ -54,16 +55,6 @@ def dask_setup(worker: Any) -> None:
     """In each worker process: leave Ctrl-C to the process that owns the cluster. A terminal's
     Ctrl-C reaches the whole process group; the owner then closes its workers in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def check_task_runner(value: str) -> str:
-    """``value`` if it names a task runner eventpipe knows, else a :class:`ConfigError`."""
-    if value in ("threads", "dask") or value.startswith(("tcp://", "tls://")):
-        return value
-    raise ConfigError(
-        f"task runner {value!r}: use 'threads', 'dask' or the address of a running Dask"
-        " scheduler (tcp://host:port)"
-    )
 
 
 @contextmanager
@@ -123,6 +114,6 @@ class LocalDask:
 
 
 def _warm_up(spec: str) -> None:
-    from eventpipe import flows
+    from eventpipe.run import flow as flows
 
     flows.warm_up(spec)

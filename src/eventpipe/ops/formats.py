@@ -14,7 +14,7 @@ from typing import Any, Literal
 from rich.table import Table
 from rich.text import Text
 
-from eventpipe.lineage import HEALTHS, Graph, Health, Node, age_text, counted, listed
+from eventpipe.ops.lineage import HEALTHS, Graph, Health, Node, age_text, counted, listed
 
 Format = Literal["text", "json", "mermaid", "dot"]
 

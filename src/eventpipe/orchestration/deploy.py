@@ -11,11 +11,9 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
 from prefect.events import DeploymentEventTrigger
 
-from eventpipe.events import FILE_LANDED, WAKE_LABEL, pipeline_resource_id
-from eventpipe.flows import materialize_pipeline
+from eventpipe.core.names import FILE_LANDED, WAKE_LABEL, pipeline_resource_id
 from eventpipe.pipeline import Fetch, Pipeline
-
-FLOW_NAME = "materialize"
+from eventpipe.run.flow import materialize_pipeline
 
 
 def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
@@ -111,7 +109,7 @@ def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUI
     ``@pipeline.fetch``. A deployment or schedule paused in the UI stays paused."""
     from prefect.exceptions import ObjectNotFound
 
-    from eventpipe.fetch import fetch_source
+    from eventpipe.run.fetch import fetch_source
 
     ids: dict[str, UUID] = {}
     for fetch in pipeline.fetches.values():

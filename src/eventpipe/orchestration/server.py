@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,9 @@ from pathlib import Path
 import httpx
 
 from eventpipe.exceptions import ServerError
+from eventpipe.settings import Settings
+
+log = logging.getLogger("eventpipe")
 
 
 def free_port() -> int:
@@ -164,3 +168,39 @@ def _die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def configure_api(settings: Settings) -> EmbeddedServer | None:
+    """Point this process's Prefect client at ``--api-url`` or at the embedded server (returned,
+    not yet started). Call it before anything imports Prefect: Prefect reads its settings
+    from the environment once, at import."""
+    if settings.api_url:
+        os.environ["PREFECT_API_URL"] = settings.api_url
+        # As with the embedded server: one line per run here, not one per task.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        return None
+    home = settings.home / "prefect"
+    port = settings.port if settings.port and port_is_free(settings.host, settings.port) else 0
+    if settings.port and not port:
+        log.warning("port %d is in use; the embedded server takes a free port", settings.port)
+    server = EmbeddedServer(
+        home,
+        port=port or None,
+        host=settings.host,
+        log_file=settings.home / "server.log",
+        env={k: v for k, v in AT_REST.items() if k not in os.environ},
+    )
+    os.environ.update(server_env(home, server.port))
+    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if auth:  # the server asks for basic auth: this process's client must send it
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
+    return server

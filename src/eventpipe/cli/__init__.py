@@ -129,7 +129,7 @@ def up(
         runs=runs,
         task_runner=task_runner,
     )
-    from eventpipe.app import LocalLoop
+    from eventpipe.loop.local import LocalLoop
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -254,15 +254,16 @@ def run(
         port=port,
         task_runner=task_runner,
     ).resolved()
-    from eventpipe.app import absolute_spec, configure_api
+    from eventpipe.orchestration.server import configure_api
+    from eventpipe.pipeline import absolute_spec
 
     server = configure_api(settings)
     if server is not None:
         console.print("starting an embedded Prefect server …")
         server.start()
     try:
-        from eventpipe.app import scan_once
-        from eventpipe.flows import materialize_pipeline
+        from eventpipe.intake.record import scan_once
+        from eventpipe.run.flow import materialize_pipeline
 
         found = scan_once(settings)
         console.print(f"{found} file(s) recorded")
@@ -322,10 +323,9 @@ def automations_apply(
         import os
 
         os.environ["PREFECT_API_URL"] = settings.api_url
-    from eventpipe import automations
-    from eventpipe.app import absolute_spec
-    from eventpipe.deploy import deployment_id
-    from eventpipe.pipeline import load_pipeline
+    from eventpipe.orchestration import automations
+    from eventpipe.orchestration.deploy import deployment_id
+    from eventpipe.pipeline import absolute_spec, load_pipeline
 
     pipe = load_pipeline(absolute_spec(settings.pipeline))
     block_id = automations.notification_block(settings.notify_block, settings.notify_webhook)
@@ -367,7 +367,7 @@ def setup_s3(
         Name of a prefect-aws AwsCredentials block to use.
     """
     _logging(False)
-    from eventpipe.sources.s3 import aws_clients, setup_notifications
+    from eventpipe.intake.s3 import aws_clients, setup_notifications
 
     settings = _settings(
         endpoint_url=endpoint_url, region=region, aws_credentials_block=aws_credentials_block
@@ -380,10 +380,10 @@ def setup_s3(
 
 
 def _ledger(data: Path | None) -> Any:
-    from eventpipe.ledger import Ledger
+    from eventpipe.ledger import Ledger, ledger_path
 
     settings = _settings(data=data).resolved()
-    path = settings.data / "ledger.sqlite"
+    path = ledger_path(settings.data)
     if not path.exists():
         raise EventpipeError(f"no ledger at {path}: nothing has run with --data {settings.data}")
     return Ledger(path)
@@ -507,7 +507,7 @@ def versions(
 @app.command
 def retry(*, pipeline: str | None = None, data: Path | None = None) -> None:
     """Queue every failed file again; a running `eventpipe up` picks them up within a second."""
-    from eventpipe.app import requeue_failed
+    from eventpipe.intake.record import requeue_failed
 
     ledger = _ledger(data)
     names = [pipeline] if pipeline else ledger.pipelines()
@@ -568,8 +568,8 @@ def lineage(
     stale_minutes
         An asset older than this is stale when newer files are waiting for it.
     """
-    from eventpipe.lineage import read_graph
-    from eventpipe.lineage_formats import render, to_table
+    from eventpipe.ops.formats import render, to_table
+    from eventpipe.ops.lineage import read_graph
     from eventpipe.pipeline import load_pipeline
 
     if stale_minutes < 0:
@@ -610,8 +610,8 @@ def ui(
     stale_minutes
         An asset older than this is stale when newer files are waiting for it.
     """
+    from eventpipe.ops.webui import serve
     from eventpipe.pipeline import load_pipeline
-    from eventpipe.webui import serve
 
     if stale_minutes < 0:
         raise ConfigError(f"--stale-minutes must be 0 or more, not {stale_minutes:g}")
@@ -643,7 +643,3 @@ def main() -> None:
     except EventpipeError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

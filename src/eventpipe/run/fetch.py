@@ -32,19 +32,20 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
-from eventpipe import events as ev
-from eventpipe.artifacts import artifact_key, escape_markdown
-from eventpipe.credentials import redact, revealing
+from eventpipe.core import names
+from eventpipe.core.keys import file_uri
+from eventpipe.core.models import Landed
+from eventpipe.core.storage import Storage, file_digest
+from eventpipe.events import build as ev
 from eventpipe.exceptions import ConfigError, FetchError
-from eventpipe.keys import file_uri
+from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
-from eventpipe.models import Landed
 from eventpipe.pipeline import FETCH_FORMATS, Fetch
-from eventpipe.storage import Storage, file_digest
+from eventpipe.run.artifacts import artifact_key, escape_markdown
+from eventpipe.run.credentials import redact, revealing
+from eventpipe.run.deliver import deliver_now
 
 log = logging.getLogger("eventpipe.fetch")
-
-FLOW_NAME = "fetch"
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,11 @@ def _fetch_task(spec: Fetch) -> Any:
     )(_call)
 
 
-@flow(name=FLOW_NAME, persist_result=False)
+@flow(name=names.FETCH_FLOW, persist_result=False)
 def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
     """Run fetch ``fetch`` of ``pipeline`` (``module:attr`` or ``file.py:attr``) once and land
     its result under ``data``, like a dropped file."""
-    from eventpipe.steps import cached_pipeline
+    from eventpipe.run.tasks import cached_pipeline
 
     started = time.perf_counter()
     pipe = cached_pipeline(pipeline)
@@ -192,7 +193,7 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
     store = Storage(Path(data), pipe.name)
-    ledger = Ledger(store.data / "ledger.sqlite")
+    ledger = Ledger.in_data_dir(store.data)
     logger = get_run_logger()
     context = FetchContext(
         pipe.name,
@@ -221,7 +222,7 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
             if summary["outcome"] in ("new", "changed", "retry"):
                 _artifact(pipe.name, fetch, summary)  # a skip has its event; no API call more
     finally:
-        ev.deliver_now(ledger)
+        deliver_now(ledger)
         ledger.close()
     return summary
 
@@ -231,7 +232,7 @@ def _report_failure(
 ) -> None:
     ledger.queue_event(
         *ev.fetch_event(
-            ev.FETCH_FAILED,
+            names.FETCH_FAILED,
             pipeline,
             spec.name,
             run_id,
@@ -257,8 +258,6 @@ def land(
     context: FetchContext,
 ) -> dict[str, Any]:
     """Record one fetch's result in the ledger, with its events; commit the helpers' state."""
-    from eventpipe.app import record
-
     pipeline = store.pipeline
     summary: dict[str, Any] = {"fetch": spec.name, **context.notes}
     fetched = result.fetched
@@ -282,7 +281,7 @@ def land(
         )
     else:
         landed = _previous(ledger, store, spec) if result.kind == "not_modified" else None
-    event_id, body = ev.fetch_event(ev.FETCH_COMPLETED, pipeline, spec.name, run_id, {})
+    event_id, body = ev.fetch_event(names.FETCH_COMPLETED, pipeline, spec.name, run_id, {})
     if landed is not None:
         outcome: str = record(ledger, pipeline, landed)
         if result.kind == "not_modified":
@@ -332,7 +331,7 @@ def _previous(ledger: Ledger, store: Storage, spec: Fetch) -> Landed | None:
 def _nothing_new(pipeline: str, fetch: str, run_id: str, reason: str) -> tuple[str, dict[str, Any]]:
     resource = f"eventpipe.fetch.{pipeline}.{fetch}"
     return ev.build_event(
-        ev.ASSET_SKIPPED,
+        names.ASSET_SKIPPED,
         {
             "prefect.resource.id": resource,
             "prefect.resource.name": fetch,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from watchfiles import Change, watch
 
-from eventpipe.keys import file_uri
-from eventpipe.models import Landed
-from eventpipe.readers import SUFFIXES, suffix_of
-from eventpipe.storage import file_digest
+from eventpipe.core.keys import file_uri
+from eventpipe.core.models import Landed
+from eventpipe.core.readers import SUFFIXES, suffix_of
+from eventpipe.core.storage import file_digest
 
 log = logging.getLogger("eventpipe.sources.local")
 

@@ -28,15 +28,15 @@ import pyarrow.parquet as pq
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.client.schemas.objects import State, TaskRun
 
-from eventpipe.artifacts import RunReport
-from eventpipe.cache import ContentFingerprint
+from eventpipe.core.keys import asset_key, file_uri, partition_name
+from eventpipe.core.models import AnalyticsInputs, Output, RawFile
+from eventpipe.core.readers import error_gist, read_frame, suffix_of
+from eventpipe.core.storage import Storage, atomic_copy, file_digest, quarantine
 from eventpipe.exceptions import EventpipeError, RejectedInput
-from eventpipe.keys import asset_key, file_uri, partition_name
 from eventpipe.ledger import AssetRow, FileRow, Ledger
-from eventpipe.models import AnalyticsInputs, Output, RawFile
 from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
-from eventpipe.readers import error_gist, read_frame, suffix_of
-from eventpipe.storage import Storage, atomic_copy, file_digest, quarantine
+from eventpipe.run.artifacts import RunReport
+from eventpipe.run.cache import ContentFingerprint
 
 log = logging.getLogger("eventpipe.flows")
 MAX_ASSET_DEPS = 50

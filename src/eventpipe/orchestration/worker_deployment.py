@@ -26,7 +26,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 
-from eventpipe.deploy import FLOW_NAME
+from eventpipe.core.names import MATERIALIZE_FLOW
 
 log = logging.getLogger("eventpipe")
 
@@ -39,7 +39,7 @@ def find_deployment(pipeline: str) -> DeploymentResponse | None:
     or None if it does not exist yet."""
     with get_client(sync_client=True) as client:
         try:
-            return client.read_deployment_by_name(f"{FLOW_NAME}/{pipeline}")
+            return client.read_deployment_by_name(f"{MATERIALIZE_FLOW}/{pipeline}")
         except ObjectNotFound:
             return None
 

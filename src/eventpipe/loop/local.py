@@ -4,7 +4,6 @@ and folder watcher. ``eventpipe up`` runs one; tests and benchmarks start one in
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -12,74 +11,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from eventpipe.core.models import Landed
+from eventpipe.core.storage import quarantine, quarantine_note
 from eventpipe.exceptions import ConfigError
-from eventpipe.keys import asset_key
-from eventpipe.ledger import FileRow, Ledger
-from eventpipe.models import Landed
-from eventpipe.pipeline import Pipeline, is_path_spec, load_pipeline, pipeline_source
-from eventpipe.server import AT_REST, EmbeddedServer, server_env
+from eventpipe.intake.local import FolderSource, Rejected
+from eventpipe.intake.record import record
+from eventpipe.ledger import Ledger
+from eventpipe.orchestration.server import EmbeddedServer, configure_api
+from eventpipe.pipeline import Pipeline, absolute_spec, load_pipeline, pipeline_source
 from eventpipe.settings import Settings
-from eventpipe.sources.local import FolderSource, Rejected
-from eventpipe.storage import quarantine, quarantine_note
 
 if TYPE_CHECKING:
-    from eventpipe.cluster import LocalDask
-    from eventpipe.events import OutboxPump
-    from eventpipe.runner import PushRunner
-    from eventpipe.sources.s3 import BucketSource
+    from eventpipe.events.outbox import OutboxPump
+    from eventpipe.intake.s3 import BucketSource
+    from eventpipe.orchestration.runner import PushRunner
+    from eventpipe.run.dask import LocalDask
 
 log = logging.getLogger("eventpipe")
-
-
-def absolute_spec(spec: str) -> str:
-    """Make a ``file.py:attr`` spec absolute so every process resolves it the same way."""
-    target, _, attr = spec.rpartition(":")
-    return f"{Path(target).resolve()}:{attr}" if is_path_spec(spec) else spec
-
-
-def configure_api(settings: Settings) -> EmbeddedServer | None:
-    """Point this process's Prefect client at ``--api-url`` or at the embedded server (returned,
-    not yet started). Call it before anything imports Prefect: Prefect reads its settings
-    from the environment once, at import."""
-    if settings.api_url:
-        os.environ["PREFECT_API_URL"] = settings.api_url
-        # As with the embedded server: one line per run here, not one per task.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        return None
-    home = settings.home / "prefect"
-    port = settings.port if settings.port and port_is_free(settings.host, settings.port) else 0
-    if settings.port and not port:
-        log.warning("port %d is in use; the embedded server takes a free port", settings.port)
-    server = EmbeddedServer(
-        home,
-        port=port or None,
-        host=settings.host,
-        log_file=settings.home / "server.log",
-        env={k: v for k, v in AT_REST.items() if k not in os.environ},
-    )
-    os.environ.update(server_env(home, server.port))
-    auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
-    if auth:  # the server asks for basic auth: this process's client must send it
-        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
-    return server
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def port_is_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalLoop:
@@ -149,13 +97,15 @@ class LocalLoop:
         self.pipeline = load_pipeline(self.spec)
         if self.server is not None:
             self.server.start()
-        from eventpipe import deploy, flows
-        from eventpipe.events import EventSender, OutboxPump
-        from eventpipe.runner import PushRunner, crash_orphaned_runs
+        from eventpipe.events.outbox import OutboxPump
+        from eventpipe.orchestration import deploy
+        from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs
+        from eventpipe.run import flow as flows
+        from eventpipe.run.deliver import prefect_sender
 
         s.data.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(s.data / "ledger.sqlite")
-        self._pump = OutboxPump(self.ledger, EventSender.from_prefect_settings()).start()
+        self.ledger = Ledger.in_data_dir(s.data)
+        self._pump = OutboxPump(self.ledger, prefect_sender()).start()
         if not self.runs_here:
             # Workers execute the runs of the deployment `prefect deploy` made: watch, record
             # and send events; never register, claim, execute or crash a run.
@@ -167,7 +117,7 @@ class LocalLoop:
         flows.warm_up(self.spec)
         task_runner = s.task_runner
         if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
-            from eventpipe.cluster import LocalDask
+            from eventpipe.run.dask import LocalDask
 
             self._dask = LocalDask(self.spec)
             task_runner = self._dask.start()
@@ -210,7 +160,7 @@ class LocalLoop:
     def _look_up_deployment(self) -> None:
         """Find the deployment `prefect deploy` registered; say what is wrong with it, if
         anything. Until it exists, files are recorded and wait."""
-        from eventpipe.workers import deployment_problems, find_deployment
+        from eventpipe.orchestration.worker_deployment import deployment_problems, find_deployment
 
         assert self.pipeline is not None
         found = find_deployment(self.pipeline.name)
@@ -234,7 +184,7 @@ class LocalLoop:
         gone from the server), and a run is requested only when files have waited a whole
         sweep (or are found on start) and no run of the deployment is scheduled, pending or
         running."""
-        from eventpipe.workers import finished_runs, has_active_run
+        from eventpipe.orchestration.worker_deployment import finished_runs, has_active_run
 
         assert self.ledger is not None
         assert self.pipeline is not None
@@ -267,9 +217,9 @@ class LocalLoop:
 
         Runs missed while eventpipe was stopped are cancelled but the newest, which fetches
         at once; a deployment or schedule paused in the UI is left paused."""
-        from eventpipe import deploy
-        from eventpipe.fetch import fetch_source
-        from eventpipe.runner import PushRunner, crash_orphaned_runs, skip_missed_runs
+        from eventpipe.orchestration import deploy
+        from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs, skip_missed_runs
+        from eventpipe.run.fetch import fetch_source
 
         assert self.pipeline is not None
         if not self.pipeline.fetches:
@@ -299,7 +249,7 @@ class LocalLoop:
         this process): runs left Pending/Running by a server that vanished under them are
         marked Crashed, their files go back to pending, and files that have waited a whole
         sweep with no run coming (their event reached a server that then died) get one."""
-        from eventpipe.runner import crash_orphaned_runs
+        from eventpipe.orchestration.runner import crash_orphaned_runs
 
         assert self.ledger is not None
         assert self.pipeline is not None
@@ -343,7 +293,7 @@ class LocalLoop:
     def _report_stale(self) -> None:
         """``eventpipe.asset.stale`` (once per asset version) for each analytics asset while
         files that landed over ``stale_minutes`` ago are still not in it (waiting, or failed)."""
-        from eventpipe.events import stale_event
+        from eventpipe.events.build import stale_event
 
         assert self.ledger is not None
         assert self.pipeline is not None
@@ -373,7 +323,7 @@ class LocalLoop:
     def apply_automations(self) -> list[tuple[str, str]]:
         """Create or update the pipeline's paging automations, if a notification target is
         set (``notify_webhook`` or ``notify_block``)."""
-        from eventpipe import automations
+        from eventpipe.orchestration import automations
 
         s = self.settings
         assert self.pipeline is not None
@@ -401,14 +351,14 @@ class LocalLoop:
         )
 
     def _bucket_source(self) -> BucketSource:
-        from eventpipe.sources.s3 import (
+        from eventpipe.core.storage import Storage
+        from eventpipe.intake.s3 import (
             BucketSource,
             SeenObject,
             aws_clients,
             bucket_location,
             resolve_queue,
         )
-        from eventpipe.storage import Storage
 
         s = self.settings
         assert self.pipeline is not None
@@ -475,7 +425,7 @@ class LocalLoop:
     def _on_rejected(self, rejected: Rejected) -> None:
         """Refused before reading (unsupported type, too large, a link out of the inbox): move
         it to quarantine, record it and say why."""
-        from eventpipe.events import rejected_event
+        from eventpipe.events.build import rejected_event
 
         assert self.ledger is not None
         assert self.pipeline is not None
@@ -508,7 +458,7 @@ class LocalLoop:
 
     def _on_bucket_rejected(self, landed: Landed, reason: str) -> None:
         """Refused before reading: the object stays in the bucket; quarantine holds a note."""
-        from eventpipe.events import rejected_event
+        from eventpipe.events.build import rejected_event
 
         assert self.ledger is not None
         assert self.pipeline is not None
@@ -536,7 +486,7 @@ class LocalLoop:
             # With workers the deployment is `prefect deploy`'s, shared with other watchers
             # and runs by other workers: it stays as it is.
             try:
-                from eventpipe import deploy
+                from eventpipe.orchestration import deploy
 
                 deploy.set_paused(self.deployment_id, paused=True)
             except Exception as exc:
@@ -560,40 +510,8 @@ class LocalLoop:
         self.stop()
 
 
-def record(ledger: Ledger, pipeline: str, landed: Landed) -> str:
-    """Record one sighting in the ledger with its event; returns the outcome."""
-    from eventpipe.events import sighting_event
-
-    outcome, _ = ledger.record_landed(
-        pipeline, landed, lambda o, r: sighting_event(o, r, asset_key(r.uri))
-    )
-    return outcome
-
-
-def scan_once(settings: Settings) -> int:
-    """Record every complete file in the inbox (``eventpipe run``); returns how many were new
-    or changed."""
-    pipeline = load_pipeline(absolute_spec(settings.pipeline))
-    ledger = Ledger(settings.data / "ledger.sqlite")
-    outcomes: list[str] = []
-    source = FolderSource(
-        settings.inbox,
-        lambda landed: outcomes.append(record(ledger, pipeline.name, landed)),
-        settle_seconds=settings.settle_seconds,
-        max_file_bytes=settings.max_file_bytes,
-    )
-    source.scan()
-    ledger.close()
-    return sum(1 for o in outcomes if o in ("new", "changed", "retry"))
-
-
-def requeue_failed(ledger: Ledger, pipeline: str) -> int:
-    """Queue every failed file of ``pipeline`` again, with a fresh landed event each."""
-    from eventpipe.events import sighting_event
-
-    def event_for(row: FileRow) -> tuple[str, dict[str, Any]]:
-        event = sighting_event("retry", row, asset_key(row.uri))
-        assert event is not None
-        return event
-
-    return len(ledger.requeue(pipeline, event_for))
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

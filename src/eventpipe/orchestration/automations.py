@@ -28,7 +28,7 @@ def template(path: Path | None = None) -> list[dict[str, Any]]:
     text = (
         path.read_text(encoding="utf-8")
         if path is not None
-        else resources.files("eventpipe").joinpath("automations.yaml").read_text(encoding="utf-8")
+        else resources.files("eventpipe.orchestration").joinpath("automations.yaml").read_text(encoding="utf-8")
     )
     loaded = yaml.safe_load(text)
     if not isinstance(loaded, list) or not all(isinstance(a, dict) for a in loaded):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit
 
+from eventpipe.core.models import Landed
+from eventpipe.core.readers import suffix_of
 from eventpipe.exceptions import ConfigError, SourceError
-from eventpipe.models import Landed
-from eventpipe.readers import suffix_of
 
 if TYPE_CHECKING:
     from eventpipe.settings import Settings

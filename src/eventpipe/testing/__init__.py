@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from eventpipe.ledger import Ledger
-from eventpipe.server import EmbeddedServer, free_port, server_env
+from eventpipe.orchestration.server import EmbeddedServer, free_port, server_env
 
 T = TypeVar("T")
 
@@ -125,10 +125,10 @@ def drop_file(inbox: Path, name: str, content: str | bytes) -> Path:
 def land_file(ledger: Ledger, pipeline: str, inbox: Path, name: str, content: str) -> Path:
     """Drop ``name`` into ``inbox`` and record it in ``ledger`` as the watcher would, without
     a watcher: for tests that call the materialize flow themselves."""
-    from eventpipe.app import record
-    from eventpipe.keys import file_uri
-    from eventpipe.models import Landed
-    from eventpipe.storage import file_digest
+    from eventpipe.core.keys import file_uri
+    from eventpipe.core.models import Landed
+    from eventpipe.core.storage import file_digest
+    from eventpipe.intake.record import record
 
     path = drop_file(inbox, name, content)
     landed = Landed(

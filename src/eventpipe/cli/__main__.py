@@ -1,0 +1,5 @@
+"""``python -m eventpipe.cli``: the same as the ``eventpipe`` command."""
+
+from eventpipe.cli import main
+
+main()
