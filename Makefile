@@ -22,6 +22,7 @@ lint: .venv/.synced
 	.venv/bin/ruff check src tests bench
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 test: lint
 	.venv/bin/pytest

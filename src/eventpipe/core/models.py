@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 
@@ -63,8 +65,5 @@ class AnalyticsInputs:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
-        import json
-
         body = json.dumps([self.partitions, sorted(self.upstream.items())], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,8 +266,6 @@ def build_graph(
 def read_graph(pipeline: Pipeline, data: Path, *, stale_minutes: float = 60) -> Graph:
     """The graph of ``pipeline`` now, from the ledger under ``data`` (every asset is missing
     before anything has run)."""
-    import time
-
     files: list[FileRow] = []
     assets: list[AssetRow] = []
     path = ledger_path(data)
