@@ -228,9 +228,9 @@ def settle(timeout: float = 600.0) -> float:
 def warm(root: Path, pipeline_spec: str) -> None:
     """What a running ``eventpipe up`` has already paid: imports, the pipeline loaded, a
     first flow run (a warm runner never pays them per run)."""
-    from eventpipe.run import flow as flows
+    from eventpipe.run.compute import warm_up
 
-    flows.warm_up(pipeline_spec)
+    warm_up(pipeline_spec)
     inbox, data = root / "warm-inbox", root / "warm-data"
     name = pipeline_spec.rpartition(":")[2]
     land(data, globals()[name].name, inbox, write_files(inbox, 90_000, 2))

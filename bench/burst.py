@@ -80,7 +80,7 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
                 raise TimeoutError(f"{size} files: {ledger.counts(name)} after {timeout} s")
             time.sleep(0.2)
         seconds = time.monotonic() - started
-        while loop._runner is not None and not loop._runner.idle:
+        while loop.runner is not None and not loop.runner.idle:
             time.sleep(0.2)
         assert loop.deployment_id is not None
         with get_client(sync_client=True) as client:

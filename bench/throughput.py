@@ -150,7 +150,7 @@ def read_transform_write(csv: Path, work: Path) -> Path:
     """What a run does to the file, minus Prefect: read, check, transform, write the version."""
     from eventpipe.core.readers import read_frame
     from eventpipe.core.storage import Storage
-    from eventpipe.run.tasks import check_schema, result_frame
+    from eventpipe.run.compute import check_schema, result_frame
 
     step = pipeline.steps["rows"]
     frame = read_frame(csv, ".csv")

@@ -189,3 +189,42 @@ def test_the_watcher_sees_a_file_in_a_freshly_created_nested_folder(inbox: Inbox
         watcher.join(10)
     assert not watcher.is_alive()
     assert [f.relative for f in inbox.landed] == ["already-there.csv", target]
+
+
+def test_the_watcher_and_the_scans_share_one_filter(tmp_path: Path) -> None:
+    """Names watchfiles' own defaults drop (``flycheck_*``, ``node_modules/``) are data here:
+    the watcher takes them at once, long before a rescan; temp and dot-names never."""
+    root = tmp_path / "inbox"
+    root.mkdir()
+    landed: list[Landed] = []
+    seen = threading.Condition()
+
+    def on_landed(file: Landed) -> None:
+        with seen:
+            landed.append(file)
+            seen.notify_all()
+
+    source = FolderSource(root, on_landed, settle_seconds=0.02, rescan_seconds=3600)
+    stop = threading.Event()
+    watcher = threading.Thread(target=source.run, args=(stop,), name="test-watch")
+    watcher.start()
+    try:
+        assert source.ready.wait(10), "the source never became ready"
+        for name in ("flycheck_a.csv", ".x.csv", "a.csv.tmp", ".hidden/a.csv"):
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("a\n1\n")
+        (root / "node_modules").mkdir()
+        (root / "node_modules" / "a.csv").write_text("a\n1\n")
+        (root / "last.csv").write_text("a\n1\n")  # written after the ignored ones
+        wanted = {"flycheck_a.csv", "node_modules/a.csv", "last.csv"}
+        with seen:
+            assert seen.wait_for(lambda: wanted <= {f.relative for f in landed}, 10), landed
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert sorted(f.relative for f in landed) == sorted(wanted)
+    assert source.filter.takes(root / "flycheck_a.csv")
+    assert not source.filter.takes(root / ".hidden" / "a.csv")
+    assert not source.filter.takes(root / "A.CSV.PART")
+    assert not source.filter.takes(tmp_path / "elsewhere.csv")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,84 +35,95 @@ class Settings(BaseSettings):
     )
 
     pipeline: str = Field(
-        "eventpipe.demo:pipeline",
-        description="The pipeline to run: 'package.module:name' or 'path/file.py:name'.",
+        default="eventpipe.demo:pipeline",
+        description="The pipeline: 'package.module:name' or 'path/file.py:name'.",
     )
-    inbox: Path = Field(Path("inbox"), description="Folder watched for new files.")
-    data: Path = Field(Path("data"), description="Where outputs, versions and the ledger live.")
+    inbox: Path = Field(default=Path("inbox"), description="Folder watched for new files.")
+    data: Path = Field(
+        default=Path("data"), description="Where outputs, versions and the ledger live."
+    )
     home: Path = Field(
-        Path(".eventpipe"),
+        default=Path(".eventpipe"),
         description="Project-local state: the embedded server's PREFECT_HOME, logs.",
     )
-    host: str = Field("127.0.0.1", description="Address the embedded server binds to.")
-    port: int = Field(4200, description="Port of the embedded Prefect server (0 picks a free one).")
+    host: str = Field(default="127.0.0.1", description="Address the embedded server binds to.")
+    port: int = Field(
+        default=4200, description="Port of the embedded Prefect server (0 picks a free one)."
+    )
     api_url: str | None = Field(
-        None, description="Use this Prefect API instead of starting an embedded server."
+        default=None, description="Use this Prefect API instead of starting an embedded server."
     )
     settle_seconds: float = Field(
-        0.02, ge=0, description="A file is taken once its size and mtime stay the same this long."
+        default=0.02,
+        ge=0,
+        description="A file is taken once its size and mtime stay the same this long.",
     )
-    max_file_bytes: int = Field(1 << 30, gt=0, description="Larger files are rejected.")
+    max_file_bytes: int = Field(default=1 << 30, gt=0, description="Larger files are rejected.")
     rescan_seconds: float = Field(
-        30.0, gt=0, description="How often the inbox is rescanned for files the watcher missed."
+        default=30.0,
+        gt=0,
+        description="How often the inbox is rescanned for files the watcher missed.",
     )
     runs: Literal["here", "worker"] = Field(
-        "here",
+        default="here",
         description="Who executes the deployment's runs: 'here' (this process's push runner,"
         " which registers the deployment) or 'worker' (a Prefect worker; the deployment comes"
         " from `prefect deploy`, this process only watches, records and sends events).",
     )
     task_runner: str = Field(
-        "threads",
+        default="threads",
         description="Where the files' process steps run: 'threads' (in the run's"
         " process), 'dask' (a local Dask cluster, one worker process per core; needs the dask"
         " extra) or a Dask scheduler address (tcp://host:port).",
     )
     sweep_seconds: float = Field(
-        30.0,
+        default=30.0,
         gt=0,
         description="How often the runner looks for scheduled runs it was not told about.",
     )
 
     source: str | None = Field(
-        None,
+        default=None,
         description="Watch a bucket instead of the inbox: 's3://bucket/prefix'.",
     )
     queue: str | None = Field(
-        None,
+        default=None,
         description="SQS queue (URL or name) receiving the bucket's ObjectCreated notifications.",
     )
     endpoint_url: str | None = Field(
-        None, description="S3/SQS endpoint for S3-compatible stores (MinIO, moto, ...)."
+        default=None, description="S3/SQS endpoint for S3-compatible stores (MinIO, moto, ...)."
     )
-    region: str | None = Field(None, description="AWS region, when the AWS chain gives none.")
+    region: str | None = Field(
+        default=None, description="AWS region, when the AWS chain gives none."
+    )
     aws_credentials_block: str | None = Field(
-        None, description="Name of a prefect-aws AwsCredentials block to authenticate with."
+        default=None, description="Name of a prefect-aws AwsCredentials block to authenticate with."
     )
     s3_bucket_block: str | None = Field(
-        None,
+        default=None,
         description="Name of a prefect-aws S3Bucket block: its bucket, folder and credentials.",
     )
     queue_wait_seconds: int = Field(
-        10, ge=1, le=20, description="Long-poll wait of each SQS receive."
+        default=10, ge=1, le=20, description="Long-poll wait of each SQS receive."
     )
 
-    notify_webhook: str | None = Field(
-        None,
+    # A webhook URL is its own credential: SecretStr keeps it out of reprs, logs and dumps.
+    notify_webhook: SecretStr | None = Field(
+        default=None,
         description="Page on-call here: failed runs, rejected files, stale assets (a Prefect"
         " webhook notification block is kept for it).",
     )
     notify_block: str | None = Field(
-        None,
+        default=None,
         description="Page through this saved Prefect notification block ('slug/name').",
     )
     stale_minutes: float = Field(
-        60.0,
+        default=60.0,
         gt=0,
         description="An analytics asset this much older than the files that landed is stale.",
     )
     outputs: str | None = Field(
-        None,
+        default=None,
         description="Also publish current processed and analytics outputs to s3://bucket/prefix"
         " (given as --data s3://..., the local data dir moves under home).",
     )

@@ -1,4 +1,5 @@
-"""Where outputs live, and how they are written: temp name, fsync, rename.
+"""Where outputs live, and the one way they are written: temp name, fsync, rename
+(:func:`write_atomic`).
 
 Layout under the data dir (a documented contract; users read these paths directly)::
 
@@ -18,8 +19,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -45,20 +48,17 @@ class Storage:
 
     def write_version(self, asset: str, frame: pd.DataFrame) -> tuple[str, Path]:
         """Write ``frame`` into the version store; the version id is the digest of its bytes."""
-        staging = self.data / "versions" / self.pipeline / asset
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=staging, prefix=".tmp-", suffix=".parquet")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+
+        def write(tmp: Path) -> str:
             frame.to_parquet(tmp, index=False)
-            version = file_digest(tmp)[:16]
-            final = self.version_path(asset, version)
-            _fsync_file(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            return file_digest(tmp)[:16]
+
+        final, version = write_atomic(
+            self.version_path(asset, "x").parent,
+            write,
+            lambda version: f"{version}.parquet",
+            suffix=".parquet",
+        )
         return version, final
 
     def snapshot_raw(self, source: Path, fingerprint: str, suffix: str) -> Path:
@@ -122,25 +122,55 @@ def _write_reason(
     if uri is not None:
         note["uri"] = uri
     reason_file = target.with_name(target.name + ".reason.json")
-    tmp = reason_file.with_name("." + reason_file.name + ".tmp")
-    tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, reason_file)
+    write_bytes_atomic(reason_file, (json.dumps(note, indent=2) + "\n").encode())
     return reason_file
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+T = TypeVar("T")
+
+
+def write_atomic(
+    directory: Path,
+    write: Callable[[Path], T],
+    name: str | Callable[[T], str],
+    *,
+    suffix: str = "",
+    keep_existing: bool = False,
+) -> tuple[Path, T]:
+    """The one way eventpipe writes a file that readers may see.
+
+    ``write(tmp)`` fills a temp file in ``directory``; it is fsynced, then renamed to ``name``
+    (or to ``name(result)``, for a file named after its content), so readers see the old file
+    or the whole new one, never a part. With ``keep_existing`` an existing target (the same
+    content under a content-derived name) is kept and the temp file dropped. On any failure
+    the temp file is removed. Returns the final path and what ``write`` returned."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        shutil.copyfile(source, tmp)
+        result = write(tmp)
+        target = directory / (name if isinstance(name, str) else name(result))
+        if keep_existing and target.exists():
+            tmp.unlink()
+            return target, result
         _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return target, result
+
+
+def write_bytes_atomic(target: Path, content: bytes) -> Path:
+    """Write ``content`` to ``target`` atomically (see :func:`write_atomic`)."""
+    path, _ = write_atomic(target.parent, lambda tmp: tmp.write_bytes(content), target.name)
+    return path
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file."""
+    write_atomic(target.parent, lambda tmp: shutil.copyfile(source, tmp), target.name)
 
 
 def file_digest(path: Path) -> str:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from eventpipe.core.names import (
     ASSET_SKIPPED,
     ASSET_STALE,
+    ASSET_UPDATED,
+    FILE_FAILED,
     FILE_LANDED,
     FILE_REJECTED,
+    PIPELINE_COMPLETED,
     pipeline_resource_id,
 )
 from eventpipe.ledger import FileRow, Outcome
@@ -24,6 +27,25 @@ from eventpipe.ledger import FileRow, Outcome
 log = logging.getLogger("eventpipe.events")
 
 _NAMESPACE = uuid.UUID("5b0d2f1e-3c55-4a8e-9d7e-2f6d1f0a9e11")
+
+Resource = dict[str, str]
+"""A Prefect resource: ``prefect.resource.id`` plus labels (related ones add a role)."""
+
+
+class EventBody(TypedDict):
+    """One event as ``POST /api/events`` takes it (Prefect's ``Event`` model)."""
+
+    id: str
+    occurred: str
+    event: str
+    resource: Resource
+    related: list[Resource]
+    payload: dict[str, Any]
+    follows: NotRequired[str]
+
+
+Built = tuple[str, EventBody]
+"""An event's id and its body: what the ledger's outbox queues."""
 
 
 def file_resource_id(pipeline: str, uri: str) -> str:
@@ -36,7 +58,7 @@ def landed_event_id(pipeline: str, uri: str, sha256: str, generation: int) -> st
     return str(uuid.uuid5(_NAMESPACE, name))
 
 
-def related_pipeline(pipeline: str) -> dict[str, str]:
+def related_pipeline(pipeline: str) -> Resource:
     return {
         "prefect.resource.id": pipeline_resource_id(pipeline),
         "prefect.resource.role": "pipeline",
@@ -44,7 +66,7 @@ def related_pipeline(pipeline: str) -> dict[str, str]:
     }
 
 
-def related_flow_run(flow_run_id: str, name: str | None = None) -> dict[str, str]:
+def related_flow_run(flow_run_id: str, name: str | None = None) -> Resource:
     out = {
         "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
         "prefect.resource.role": "flow-run",
@@ -54,7 +76,7 @@ def related_flow_run(flow_run_id: str, name: str | None = None) -> dict[str, str
     return out
 
 
-def file_resource(row: FileRow) -> dict[str, str]:
+def file_resource(row: FileRow) -> Resource:
     return {
         "prefect.resource.id": file_resource_id(row.pipeline, row.uri),
         "prefect.resource.name": row.relative,
@@ -66,15 +88,15 @@ def file_resource(row: FileRow) -> dict[str, str]:
 
 def build_event(
     name: str,
-    resource: dict[str, str],
+    resource: Resource,
     *,
-    related: list[dict[str, str]] | None = None,
+    related: list[Resource] | None = None,
     payload: dict[str, Any] | None = None,
     event_id: str | None = None,
-) -> tuple[str, dict[str, Any]]:
+) -> Built:
     """An event body as the Prefect events API takes it, and its id."""
     event_id = event_id or str(uuid.uuid4())
-    body = {
+    body: EventBody = {
         "id": event_id,
         "occurred": datetime.now(UTC).isoformat(),
         "event": name,
@@ -85,9 +107,7 @@ def build_event(
     return event_id, body
 
 
-def sighting_event(
-    outcome: Outcome, row: FileRow, raw_key: str
-) -> tuple[str, dict[str, Any]] | None:
+def sighting_event(outcome: Outcome, row: FileRow, raw_key: str) -> Built | None:
     """The event for one sighting of a file: landed for work to do, skipped for none."""
     related = [related_pipeline(row.pipeline)]
     if outcome in ("new", "changed", "retry"):
@@ -113,7 +133,7 @@ def sighting_event(
 
 def fetch_event(
     name: str, pipeline: str, fetch: str, flow_run_id: str, payload: dict[str, Any]
-) -> tuple[str, dict[str, Any]]:
+) -> Built:
     """``eventpipe.fetch.completed`` / ``.failed`` of one scheduled fetch's run."""
     return build_event(
         name,
@@ -129,7 +149,7 @@ def fetch_event(
 
 def stale_event(
     pipeline: str, name: str, key: str, version: str, waited_seconds: float, files_behind: int
-) -> tuple[str, dict[str, Any]]:
+) -> Built:
     """An analytics asset is missing files that landed long ago (still pending, or failed)."""
     return build_event(
         ASSET_STALE,
@@ -147,7 +167,7 @@ def stale_event(
 
 def rejected_event(
     row: FileRow, reason: str, quarantined: str | None, flow_run_id: str | None = None
-) -> tuple[str, dict[str, Any]]:
+) -> Built:
     related = [related_pipeline(row.pipeline)]
     if flow_run_id:
         related.append(related_flow_run(flow_run_id))
@@ -156,4 +176,100 @@ def rejected_event(
         file_resource(row),
         related=related,
         payload={"reason": reason, "quarantined_to": quarantined, "size": row.size},
+    )
+
+
+def asset_resource(key: str, name: str, pipeline: str) -> Resource:
+    return {
+        "prefect.resource.id": key,
+        "prefect.resource.name": name,
+        "eventpipe.pipeline": pipeline,
+    }
+
+
+def asset_skipped_event(
+    pipeline: str, run_id: str, key: str, step: str, reason: str, code_version: str
+) -> Built:
+    """``eventpipe.asset.skipped``: a step's asset stays as it is, and why."""
+    return build_event(
+        ASSET_SKIPPED,
+        asset_resource(key, step, pipeline),
+        related=[related_pipeline(pipeline), related_flow_run(run_id)],
+        payload={"asset": key, "step": step, "reason": reason, "code_version": code_version},
+    )
+
+
+def asset_updated_event(
+    pipeline: str,
+    run_id: str,
+    *,
+    key: str,
+    step: str,
+    partition: str,
+    version: str,
+    rows: int,
+    code_version: str,
+    upstream: dict[str, str],
+    upstream_keys: list[str],
+) -> Built:
+    """``eventpipe.asset.updated``: a new version of an asset (or of one partition)."""
+    return build_event(
+        ASSET_UPDATED,
+        asset_resource(key, f"{step}/{partition}" if partition else step, pipeline),
+        related=[
+            related_pipeline(pipeline),
+            related_flow_run(run_id),
+            *(
+                {"prefect.resource.id": k, "prefect.resource.role": "upstream"}
+                for k in upstream_keys
+            ),
+        ],
+        payload={
+            "asset": key,
+            "step": step,
+            "partition": partition or None,
+            "version": version,
+            "rows": rows,
+            "upstream_versions": upstream,
+            "code_version": code_version,
+        },
+    )
+
+
+def pipeline_completed_event(pipeline: str, run_id: str, payload: dict[str, Any]) -> Built:
+    """``eventpipe.pipeline.completed``: what one materialize run did."""
+    return build_event(
+        PIPELINE_COMPLETED,
+        {
+            "prefect.resource.id": pipeline_resource_id(pipeline),
+            "prefect.resource.name": pipeline,
+            "eventpipe.pipeline": pipeline,
+        },
+        related=[related_flow_run(run_id)],
+        payload=payload,
+    )
+
+
+def file_failed_event(row: FileRow, reason: str, run_id: str) -> Built:
+    """``eventpipe.file.failed``: a step raised on this file (it can be retried)."""
+    return build_event(
+        FILE_FAILED,
+        file_resource(row),
+        related=[related_pipeline(row.pipeline), related_flow_run(run_id)],
+        payload={"reason": reason, "attempts": row.attempts},
+    )
+
+
+def fetch_skipped_event(pipeline: str, fetch: str, run_id: str, reason: str) -> Built:
+    """``eventpipe.asset.skipped`` of a fetch that brought nothing new."""
+    resource = f"eventpipe.fetch.{pipeline}.{fetch}"
+    return build_event(
+        ASSET_SKIPPED,
+        {
+            "prefect.resource.id": resource,
+            "prefect.resource.name": fetch,
+            "eventpipe.pipeline": pipeline,
+        },
+        related=[related_pipeline(pipeline), related_flow_run(run_id)],
+        payload={"asset": resource, "reason": reason, "stage": "fetch"},
     )

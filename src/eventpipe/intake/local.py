@@ -4,7 +4,8 @@ watchfiles reports nothing for files present at start, can miss the first file a
 ``mkdir -p`` and says nothing about the contents of a folder moved in; and no event says
 "write finished". So the inbox is scanned on start, a folder is walked when it appears, the
 whole inbox is rescanned periodically, and a file is taken only once its size and mtime hold
-still for ``settle_seconds`` (temp names and dotfiles are never taken).
+still for ``settle_seconds``. Temp names and dot-names are never taken, by the watcher or the
+scans: both use one ``InboxFilter``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,9 @@ from eventpipe.core.keys import file_uri
 from eventpipe.core.models import Landed
 from eventpipe.core.readers import SUFFIXES, suffix_of
 from eventpipe.core.storage import file_digest
+from eventpipe.intake.filters import InboxFilter
 
 log = logging.getLogger("eventpipe.sources.local")
-
-IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial", ".swp", "~")
-
-
-def is_ignored(relative: Path) -> bool:
-    """Temp files and anything under a dot-name are never taken."""
-    if any(part.startswith(".") for part in relative.parts):
-        return True
-    return relative.name.lower().endswith(IGNORED_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -69,6 +62,8 @@ class FolderSource:
         self._seen: dict[Path, tuple[int, int]] = {}
         self._rejected: dict[Path, tuple[int, int]] = {}
         self.ready = threading.Event()
+        self.filter = InboxFilter(self.inbox)
+        """What is never taken; the watcher and every scan use this one filter."""
 
     def scan(self) -> None:
         """Take every complete file under the inbox not yet taken in its current form."""
@@ -89,6 +84,7 @@ class FolderSource:
             rust_timeout=1000,
             yield_on_timeout=True,
             recursive=True,
+            watch_filter=self.filter,
             ignore_permission_denied=True,
         )
         self.scan()
@@ -127,16 +123,12 @@ class FolderSource:
     def _walk(self, root: Path) -> list[Path]:
         out: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = [d for d in dirnames if self.filter.enters(Path(dirpath) / d)]
             out.extend(Path(dirpath) / f for f in filenames)
         return out
 
     def _candidate(self, path: Path) -> bool:
-        try:
-            relative = path.relative_to(self.inbox)
-        except ValueError:
-            return False
-        if is_ignored(relative):
+        if not self.filter.takes(path):
             return False
         key = _stat_key(path)  # follows symlinks, as _take does; a dangling one is skipped
         if key is None:

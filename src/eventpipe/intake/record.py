@@ -4,11 +4,9 @@ scheduled fetches and ``eventpipe retry``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from eventpipe.core.keys import asset_key
 from eventpipe.core.models import Landed
-from eventpipe.events.build import sighting_event
+from eventpipe.events.build import Built, sighting_event
 from eventpipe.intake.local import FolderSource
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.pipeline import absolute_spec, load_pipeline
@@ -43,7 +41,7 @@ def scan_once(settings: Settings) -> int:
 def requeue_failed(ledger: Ledger, pipeline: str) -> int:
     """Queue every failed file of ``pipeline`` again, with a fresh landed event each."""
 
-    def event_for(row: FileRow) -> tuple[str, dict[str, Any]]:
+    def event_for(row: FileRow) -> Built:
         event = sighting_event("retry", row, asset_key(row.uri))
         assert event is not None
         return event

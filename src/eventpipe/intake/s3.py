@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from eventpipe.core.models import Landed
 from eventpipe.core.readers import suffix_of
+from eventpipe.core.storage import write_atomic
 from eventpipe.exceptions import ConfigError, SourceError
 
 if TYPE_CHECKING:
@@ -395,29 +394,24 @@ class BucketSource:
             raise SourceError(
                 f"cannot read s3://{self.location.bucket}/{notice.key}: {exc}"
             ) from exc
-        self.staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.staging, prefix=".tmp-", suffix=suffix)
-        tmp = Path(tmp_name)
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
+
+        def stream(tmp: Path) -> tuple[str, int]:
+            digest, size = hashlib.sha256(), 0
+            with tmp.open("wb") as out:
                 for chunk in reply["Body"].iter_chunks(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            sha256 = digest.hexdigest()
-            target = self.snapshot_path(sha256, suffix)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                tmp.unlink()
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            return digest.hexdigest(), size
+
+        # Named after its content, so an object seen twice is stored once.
+        target, (sha256, size) = write_atomic(
+            self.staging,
+            stream,
+            lambda done: self.snapshot_path(done[0], suffix).name,
+            suffix=suffix,
+            keep_existing=True,
+        )
         return sha256, size, _stamp(reply["LastModified"]), target
 
 

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class Database:
 
     @staticmethod
     def _queue(
-        db: sqlite3.Connection, event_id: str, body: dict[str, Any], file_id: int | None
+        db: sqlite3.Connection, event_id: str, body: Mapping[str, Any], file_id: int | None
     ) -> None:
         """Put one event into the outbox inside the caller's transaction ``db``."""
         db.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from eventpipe.core.models import Landed
@@ -176,7 +177,7 @@ class Files(Database):
         file_id: int,
         state: FileState,
         reason: str | None = None,
-        event: tuple[str, dict[str, Any]] | None = None,
+        event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Close a claimed file as done, failed or rejected (and queue its event atomically)."""
         with self._tx() as db:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eventpipe.ledger.db import Database
@@ -36,11 +37,13 @@ class Outbox(Database):
 
     # -- outbox --------------------------------------------------------------------------------
 
-    def queue_event(self, event_id: str, body: dict[str, Any], file_id: int | None = None) -> None:
+    def queue_event(
+        self, event_id: str, body: Mapping[str, Any], file_id: int | None = None
+    ) -> None:
         with self._tx() as db:
             self._queue(db, event_id, body, file_id)
 
-    def queue_events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def queue_events(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Queue many events in one transaction."""
         with self._tx() as db:
             for event_id, body in events:

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import yaml
+from pydantic import SecretStr
 
 from eventpipe.exceptions import ConfigError
 
@@ -28,7 +29,9 @@ def template(path: Path | None = None) -> list[dict[str, Any]]:
     text = (
         path.read_text(encoding="utf-8")
         if path is not None
-        else resources.files("eventpipe.orchestration").joinpath("automations.yaml").read_text(encoding="utf-8")
+        else resources.files("eventpipe.orchestration")
+        .joinpath("automations.yaml")
+        .read_text(encoding="utf-8")
     )
     loaded = yaml.safe_load(text)
     if not isinstance(loaded, list) or not all(isinstance(a, dict) for a in loaded):
@@ -52,12 +55,20 @@ def render(automations: list[dict[str, Any]], values: dict[str, Any]) -> list[di
     return [fill(a) for a in automations]
 
 
-def notification_block(notify_block: str | None, notify_webhook: str | None) -> UUID | None:
+def notification_block(
+    notify_block: str | None, notify_webhook: SecretStr | str | None
+) -> UUID | None:
     """The notification block automations send to: a saved block ('slug/name'), or a webhook
     block eventpipe keeps for ``notify_webhook``. None when neither is set."""
-    if not notify_block and not notify_webhook:
+    # Unwrapped here, at the one place the URL is used, so callers pass Settings' secret as is.
+    url = (
+        notify_webhook.get_secret_value()
+        if isinstance(notify_webhook, SecretStr)
+        else notify_webhook
+    )
+    if not notify_block and not url:
         return None
-    return asyncio.run(_notification_block(notify_block, notify_webhook))
+    return asyncio.run(_notification_block(notify_block, url))
 
 
 async def _notification_block(notify_block: str | None, notify_webhook: str | None) -> UUID:

@@ -8,11 +8,15 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
 from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import ObjectNotFound
+from prefect.schedules import Cron, Interval
 
-from eventpipe.core.names import FILE_LANDED, WAKE_LABEL, pipeline_resource_id
+from eventpipe.compat import EntrypointType, RunnerDeployment
+from eventpipe.core.names import FILE_LANDED, MATERIALIZE_FLOW, WAKE_LABEL, pipeline_resource_id
+from eventpipe.exceptions import ConfigError
 from eventpipe.pipeline import Fetch, Pipeline
+from eventpipe.run.fetch import fetch_source
 from eventpipe.run.flow import materialize_pipeline
 
 
@@ -74,14 +78,9 @@ def set_paused(deployment_id: UUID, *, paused: bool) -> None:
 
 def deployment_id(pipeline: str) -> UUID:
     """The id of deployment ``materialize/<pipeline>``; register it first (``eventpipe up``)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from eventpipe.exceptions import ConfigError
-
     with get_client(sync_client=True) as client:
         try:
-            return client.read_deployment_by_name(f"materialize/{pipeline}").id
+            return client.read_deployment_by_name(f"{MATERIALIZE_FLOW}/{pipeline}").id
         except ObjectNotFound:
             raise ConfigError(
                 f"no deployment materialize/{pipeline} on this server: run `eventpipe up` "
@@ -96,8 +95,6 @@ def fetch_deployment_name(pipeline: str, fetch: str) -> str:
 
 def fetch_schedule(fetch: Fetch, *, active: bool = True) -> Any:
     """The Prefect schedule of ``fetch`` (cron or interval), slugged by the fetch's name."""
-    from prefect.schedules import Cron, Interval
-
     if fetch.schedule is not None:
         return Cron(fetch.schedule, timezone=fetch.timezone, active=active, slug=fetch.name)
     assert fetch.interval is not None
@@ -107,10 +104,6 @@ def fetch_schedule(fetch: Fetch, *, active: bool = True) -> Any:
 def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUID]:
     """Create or update deployment ``fetch/<pipeline>-<fetch>`` with its schedule for each
     ``@pipeline.fetch``. A deployment or schedule paused in the UI stays paused."""
-    from prefect.exceptions import ObjectNotFound
-
-    from eventpipe.run.fetch import fetch_source
-
     ids: dict[str, UUID] = {}
     for fetch in pipeline.fetches.values():
         name = fetch_deployment_name(pipeline.name, fetch.name)
@@ -135,3 +128,10 @@ def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUI
         )
         ids[fetch.name] = deployment.apply()  # type: ignore[assignment]
     return ids
+
+
+def request_run(deployment_id: UUID) -> None:
+    """Create a run of the deployment now (pending work found on start or left waiting,
+    ``eventpipe retry``, edited step code)."""
+    with get_client(sync_client=True) as client:
+        client.create_flow_run_from_deployment(deployment_id)

@@ -32,14 +32,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.context import SyncClientContext, _deployment_id, _deployment_parameters
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.flow_engine import run_flow
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Crashed, Pending
-from prefect.utilities.engine import propose_state_sync
+from prefect.states import Cancelled, Crashed, Pending
+
+from eventpipe.compat import propose_state_sync, run_deployment_flow_run, warm_engine
 
 log = logging.getLogger("eventpipe.runner")
 
@@ -225,10 +223,7 @@ class PushRunner:
     def _execute_loop(self) -> None:
         # One client for the runner's life (the engine would open a new one per run), and no
         # heartbeat thread: the engine waits ~1 s for it after each run.
-        with (
-            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-            SyncClientContext.get_or_create(),
-        ):
+        with warm_engine():
             while True:
                 run_id = self._queue.get()
                 if run_id is None or self._stop.is_set():
@@ -281,25 +276,8 @@ class PushRunner:
             self.on_finished(flow_run, result)
 
     def _run(self, flow_run: FlowRun) -> Any:
-        """Run ``flow_run`` with Prefect's engine in this thread.
-
-        The engine starts a websocket observer per deployment run, only to notice a
-        suspension request (our flows never suspend); it costs ~0.1 s per run. The run is
-        handed to the engine without its deployment id, and the deployment context that
-        ``prefect.runtime.deployment`` reads is set here instead. Server-side the run stays
-        the deployment's run.
-        """
-        id_token = _deployment_id.set(flow_run.deployment_id)
-        params_token = _deployment_parameters.set(flow_run.parameters)
-        try:
-            return run_flow(
-                self.flow,
-                flow_run=flow_run.model_copy(update={"deployment_id": None}),
-                return_type="state",
-            )
-        finally:
-            _deployment_parameters.reset(params_token)
-            _deployment_id.reset(id_token)
+        """Run ``flow_run`` with Prefect's engine in this thread (see ``compat``)."""
+        return run_deployment_flow_run(self.flow, flow_run)
 
 
 def crash_orphaned_runs(deployment_id: UUID) -> list[str]:
@@ -325,8 +303,6 @@ def skip_missed_runs(deployment_id: UUID, grace_seconds: float = 60.0) -> int:
     """Cancel the deployment's scheduled runs that were due over ``grace_seconds`` ago, but
     the newest: a scheduled fetch missed while nothing executed its runs needs one run now,
     not one per missed tick. Returns how many were cancelled."""
-    from prefect.states import Cancelled
-
     before = datetime.now(UTC) - timedelta(seconds=grace_seconds)
     with get_client(sync_client=True) as client:
         runs = client.get_scheduled_flow_runs_for_deployments(

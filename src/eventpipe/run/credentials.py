@@ -82,6 +82,8 @@ def remember(value: str) -> None:
 
 
 def _from_block(name: str) -> str:
+    # Lazy: pipeline modules import the fetchers (and so this module) before `eventpipe up`
+    # has pointed Prefect at its server; a secret is resolved only at run time.
     from prefect.blocks.system import Secret
 
     try:

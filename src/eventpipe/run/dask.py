@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from eventpipe.exceptions import ConfigError
+from eventpipe.run.compute import warm_up
 from eventpipe.settings import check_task_runner
 
 log = logging.getLogger("eventpipe.cluster")
@@ -114,6 +115,4 @@ class LocalDask:
 
 
 def _warm_up(spec: str) -> None:
-    from eventpipe.run import flow as flows
-
-    flows.warm_up(spec)
+    warm_up(spec)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,22 +26,24 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from eventpipe.core import names
 from eventpipe.core.keys import file_uri
 from eventpipe.core.models import Landed
-from eventpipe.core.storage import Storage, file_digest
+from eventpipe.core.storage import Storage, file_digest, write_bytes_atomic
 from eventpipe.events import build as ev
 from eventpipe.exceptions import ConfigError, FetchError
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import FETCH_FORMATS, Fetch
 from eventpipe.run.artifacts import artifact_key, escape_markdown
+from eventpipe.run.context import cached_pipeline
 from eventpipe.run.credentials import redact, revealing
 from eventpipe.run.deliver import deliver_now
+from eventpipe.run.failures import failure_reason, fetch_retryable
 
 log = logging.getLogger("eventpipe.fetch")
 
@@ -152,26 +152,13 @@ def _call(name: str) -> _Result:
     return as_fetched(value, context.fetch.append)
 
 
-def _retryable(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry a failed fetch unless trying again cannot help (a 4xx, a malformed body)."""
-    try:
-        state.result(raise_on_failure=True)
-    except FetchError as exc:
-        return exc.retryable
-    except ConfigError:
-        return False
-    except BaseException:
-        return True
-    return True
-
-
 def _fetch_task(spec: Fetch) -> Any:
     delays = exponential_backoff(spec.retry_delay_seconds)(spec.retries) if spec.retries else 0
     return task(
         name=f"fetch:{spec.name}",
         retries=spec.retries,
         retry_delay_seconds=delays,
-        retry_condition_fn=_retryable,
+        retry_condition_fn=fetch_retryable,
         cache_policy=NO_CACHE,
         persist_result=False,
     )(_call)
@@ -181,8 +168,6 @@ def _fetch_task(spec: Fetch) -> Any:
 def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
     """Run fetch ``fetch`` of ``pipeline`` (``module:attr`` or ``file.py:attr``) once and land
     its result under ``data``, like a dropped file."""
-    from eventpipe.run.tasks import cached_pipeline
-
     started = time.perf_counter()
     pipe = cached_pipeline(pipeline)
     spec = pipe.fetches.get(fetch)
@@ -205,7 +190,7 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
         with fetching(context), revealing() as secrets:
             state: State[_Result] = _fetch_task(spec)(fetch, return_state=True)
             if not state.is_completed():
-                reason = redact(_failure(state), secrets)
+                reason = redact(failure_reason(state), secrets)
                 _report_failure(ledger, pipe.name, spec, run_id, reason, context.attempts)
                 raise FetchError(
                     f"fetch {fetch!r} of pipeline {pipe.name!r} failed after its retries: "
@@ -241,14 +226,6 @@ def _report_failure(
     )
 
 
-def _failure(state: State[Any]) -> str:
-    try:
-        state.result(raise_on_failure=True)
-    except BaseException as exc:
-        return str(exc) or type(exc).__name__
-    return f"state {state.name}"
-
-
 def land(
     ledger: Ledger,
     store: Storage,
@@ -265,7 +242,8 @@ def land(
     if result.kind == "content" and fetched is not None:
         relative = _relative(spec, fetched.format)
         path = store.data / "fetched" / pipeline / relative.removeprefix("fetched/")
-        fingerprint = _atomic_write(path, fetched.content)
+        write_bytes_atomic(path, fetched.content)
+        fingerprint = file_digest(path)
         suffix = "." + fetched.format
         store.snapshot_raw(path, fingerprint, suffix)
         landed = Landed(
@@ -293,7 +271,7 @@ def land(
             if result.kind == "not_modified"
             else "the fetch returned no new rows"
         )
-        ledger.queue_event(*_nothing_new(pipeline, spec.name, run_id, reason))
+        ledger.queue_event(*ev.fetch_skipped_event(pipeline, spec.name, run_id, reason))
     summary["outcome"] = outcome
     body["payload"].update(summary)
     ledger.queue_event(event_id, body)
@@ -326,37 +304,6 @@ def _previous(ledger: Ledger, store: Storage, spec: Fetch) -> Landed | None:
         source="fetch",
         local_path=row.local_path,
     )
-
-
-def _nothing_new(pipeline: str, fetch: str, run_id: str, reason: str) -> tuple[str, dict[str, Any]]:
-    resource = f"eventpipe.fetch.{pipeline}.{fetch}"
-    return ev.build_event(
-        names.ASSET_SKIPPED,
-        {
-            "prefect.resource.id": resource,
-            "prefect.resource.name": fetch,
-            "eventpipe.pipeline": pipeline,
-        },
-        related=[ev.related_pipeline(pipeline), ev.related_flow_run(run_id)],
-        payload={"asset": resource, "reason": reason, "stage": "fetch"},
-    )
-
-
-def _atomic_write(target: Path, content: bytes) -> str:
-    """Write ``content`` to ``target`` (temp name, fsync, rename); returns its sha256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return file_digest(target)
 
 
 def _artifact(pipeline: str, fetch: str, summary: dict[str, Any]) -> None:

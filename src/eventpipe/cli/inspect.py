@@ -1,0 +1,205 @@
+"""The commands that answer from the ledger: ``status``, ``versions``, ``explain``, and
+``retry``, which queues failed files again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from cyclopts import Parameter
+from rich.table import Table
+
+from eventpipe.cli.common import (
+    PIPELINE_BY_NAME,
+    console,
+    ledger_pipelines,
+    open_ledger,
+    settings_flags,
+    settings_or_configured,
+    when,
+)
+from eventpipe.exceptions import EventpipeError
+from eventpipe.settings import Settings
+
+if TYPE_CHECKING:
+    from eventpipe.ledger import Ledger
+
+DATA_SETTINGS = settings_flags("data")
+
+PipelineFilter = Annotated[str | None, Parameter(help=PIPELINE_BY_NAME)]
+AsJson = Annotated[bool, Parameter(name="--json", help="Print JSON instead of tables.")]
+
+
+def status(
+    *,
+    pipeline: PipelineFilter = None,
+    settings: Annotated[Settings | None, DATA_SETTINGS] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Every asset (key, current version, last update, rows, partitions) and every file's state."""
+    data = settings_or_configured(settings).resolved().data
+    ledger = open_ledger(data)
+    report = {
+        name: pipeline_report(ledger, name) for name in ledger_pipelines(ledger, data, pipeline)
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for name, body in report.items():
+        table = Table(title=f"pipeline {name}: assets")
+        for col in ("asset", "kind", "version", "updated (UTC)", "rows", "partitions"):
+            table.add_column(col)
+        for a in body["assets"]:
+            table.add_row(
+                a["name"],
+                a["kind"],
+                a["version"] or "-",
+                when(a["updated_at"]),
+                str(a["rows"]),
+                str(a["partitions"]) if a["kind"] == "processed" else "-",
+            )
+        console.print(table)
+        file_table = Table(title=f"pipeline {name}: files")
+        for col in ("file", "state", "updated (UTC)", "reason"):
+            file_table.add_column(col)
+        for f in body["files"][-50:]:
+            file_table.add_row(f["file"], f["state"], when(f["updated_at"]), f["reason"] or "")
+        console.print(file_table)
+        console.print(f"counts: {body['counts']}")
+
+
+def pipeline_report(ledger: Ledger, pipeline: str) -> dict[str, Any]:
+    """One pipeline's part of `status --json`: its assets, its files, the files per state."""
+    assets: dict[str, dict[str, Any]] = {}
+    for row in ledger.assets(pipeline):
+        entry = assets.setdefault(
+            row.name,
+            {
+                "name": row.name,
+                "kind": row.kind,
+                "key": row.key if row.kind == "analytics" else None,
+                "version": row.version if row.kind == "analytics" else None,
+                "updated_at": row.updated_at,
+                "rows": 0,
+                "partitions": 0,
+            },
+        )
+        entry["rows"] += row.rows
+        entry["partitions"] += 1 if row.kind == "processed" else 0
+        entry["updated_at"] = max(entry["updated_at"], row.updated_at)
+    files = [
+        {
+            "file": f.relative,
+            "uri": f.uri,
+            "sha256": f.sha256,
+            "state": f.state,
+            "reason": f.reason,
+            "updated_at": f.updated_at,
+            "run_id": f.run_id,
+        }
+        for f in ledger.files(pipeline)
+    ]
+    return {"assets": list(assets.values()), "files": files, "counts": ledger.counts(pipeline)}
+
+
+def versions(
+    asset: str,
+    /,
+    *,
+    pipeline: PipelineFilter = None,
+    settings: Annotated[Settings | None, DATA_SETTINGS] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List the versions of an asset: 'revenue_by_day', or 'step/partition' for one partition.
+
+    Parameters
+    ----------
+    asset
+        Analytics asset name, process step name, or 'step/partition'.
+    """
+    data = settings_or_configured(settings).resolved().data
+    ledger = open_ledger(data)
+    name, _, partition = asset.partition("/")
+    pipelines = ledger_pipelines(ledger, data, pipeline)
+    rows = [v for p in pipelines for v in ledger.versions(p, name, partition or None)]
+    if not rows:
+        raise EventpipeError(f"no versions of {asset!r}; `eventpipe status` lists the assets")
+    if as_json:
+        print(json.dumps([v.__dict__ for v in rows], indent=2))
+        return
+    table = Table(title=f"versions of {asset}")
+    for col in ("version", "partition", "created (UTC)", "last current (UTC)", "rows", "sources"):
+        table.add_column(col)
+    for v in rows:
+        sources = ", ".join(s.rsplit("/", 1)[-1] for s in v.sources[:5])
+        table.add_row(
+            v.version,
+            v.partition or "-",
+            when(v.created_at),
+            when(v.current_at),
+            str(v.rows),
+            sources + (" …" if len(v.sources) > 5 else ""),
+        )
+    console.print(table)
+
+
+def retry(
+    *,
+    pipeline: Annotated[str | None, Parameter(help="Only this pipeline (its name).")] = None,
+    settings: Annotated[Settings | None, DATA_SETTINGS] = None,
+) -> None:
+    """Queue every failed file again; a running `eventpipe up` picks them up within a second."""
+    # Imported here: `eventpipe --help` need not load the intake.
+    from eventpipe.intake.record import requeue_failed
+
+    ledger = open_ledger(settings_or_configured(settings).resolved().data)
+    names = [pipeline] if pipeline else ledger.pipelines()
+    count = sum(requeue_failed(ledger, name) for name in names)
+    console.print(f"{count} file(s) queued again")
+
+
+def explain(
+    file: str,
+    /,
+    *,
+    pipeline: PipelineFilter = None,
+    settings: Annotated[Settings | None, DATA_SETTINGS] = None,
+) -> None:
+    """Tell one file's story from the ledger: seen, sent, run, skipped / done / rejected and why.
+
+    Parameters
+    ----------
+    file
+        Its path in the inbox, its URI, or its path on disk.
+    """
+    data = settings_or_configured(settings).resolved().data
+    ledger = open_ledger(data)
+    names = ledger_pipelines(ledger, data, pipeline) if pipeline else None
+    on_disk = str(Path(file).resolve())
+    rows = [
+        r
+        for r in ledger.files()
+        if (file in (r.relative, r.uri) or r.local_path == on_disk)
+        and (names is None or r.pipeline in names)
+    ]
+    if not rows:
+        raise EventpipeError(f"the ledger has never seen {file!r}")
+    for row in rows:
+        console.print(
+            f"[bold]{row.relative}[/] ({row.uri})  sha256 {row.sha256[:12]}…  {row.size} bytes"
+        )
+        console.print(
+            f"  first seen {when(row.seen_at)}; now [bold]{row.state}[/]"
+            f" since {when(row.updated_at)}"
+            + (f" — {row.reason}" if row.reason else "")
+            + (f"; run {row.run_id}" if row.run_id else "")
+            + f"; attempts {row.attempts}"
+        )
+        for event in ledger.events_for(row.id):
+            reason = event.get("payload", {}).get("reason")
+            console.print(
+                f"  {event['occurred'][:19]}  {event['event']}"
+                + (f" — {reason}" if reason else "")
+                + ("" if event.get("sent_at") else "  [yellow](not yet delivered)[/]")
+            )

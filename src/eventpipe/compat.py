@@ -1,0 +1,82 @@
+"""Every use eventpipe makes of Prefect internals, in one place.
+
+Each name here relies on something Prefect does not document as public API. When Prefect is
+upgraded, ``tests/test_compat.py`` checks that each still exists with the shape relied upon;
+a failure there names the function to adapt, and nothing else in eventpipe needs reading.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.assets import Asset, AssetProperties
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.context import SyncClientContext, _deployment_id, _deployment_parameters
+from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
+from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.utilities.engine import propose_state_sync
+
+__all__ = [
+    "EntrypointType",
+    "RunnerDeployment",
+    "propose_state_sync",
+    "retarget_task",
+    "run_deployment_flow_run",
+    "warm_engine",
+]
+
+
+@contextmanager
+def warm_engine() -> Iterator[None]:
+    """What a long-lived executor of many runs enters once: one sync API client for all its
+    runs (the engine would open one per run) and no heartbeat thread, which the engine waits
+    about a second for after each run (``flow_engine.py`` sleeps in 1-s steps). The
+    environment variable cannot say None, so the setting is changed in-process."""
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        SyncClientContext.get_or_create(),
+    ):
+        yield
+
+
+def run_deployment_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
+    """Run a deployment's ``flow_run`` with Prefect's engine in this thread; its final state.
+
+    The engine starts a websocket observer per deployment run, only to notice a suspension
+    request (eventpipe's flows never suspend), which costs ~0.1 s per run. So the run is
+    handed to the engine without its deployment id, and the deployment context that
+    ``prefect.runtime.deployment`` reads (private context variables) is set here instead.
+    Server-side the run stays the deployment's run.
+    """
+    deployment_id: UUID | None = flow_run.deployment_id
+    id_token = _deployment_id.set(deployment_id)
+    params_token = _deployment_parameters.set(flow_run.parameters)
+    try:
+        state = run_flow(
+            flow,
+            flow_run=flow_run.model_copy(update={"deployment_id": None}),
+            return_type="state",
+        )
+        assert isinstance(state, State)  # return_type="state" in a sync flow: a State
+        return state
+    finally:
+        _deployment_parameters.reset(params_token)
+        _deployment_id.reset(id_token)
+
+
+def retarget_task(template: Any, key: str, name: str, deps: list[str] | None = None) -> Any:
+    """A shallow copy of the ``@materialize`` task ``template`` that materializes asset ``key``
+    (upstream ``deps``): the same object ``with_options(assets=...)`` builds, without
+    re-running ``Task.__init__`` (which reads the module's source for cache keys: 5-15 ms a
+    call). Relies on a materializing task keeping its assets in ``.assets`` and
+    ``.asset_deps``."""
+    task = copy.copy(template)
+    task.assets = [Asset(key=key, properties=AssetProperties(name=name))]
+    task.asset_deps = [Asset(key=d) for d in deps] if deps else []
+    return task

@@ -1,0 +1,68 @@
+"""Scheduled fetches: each ``@pipeline.fetch`` gets a scheduled deployment, and its runs are
+executed here, warm, when they are due.
+
+Runs missed while eventpipe was stopped are cancelled but the newest, which fetches at once;
+a deployment or schedule paused in the UI is left paused."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventpipe.orchestration.deploy import register_fetches
+from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs, skip_missed_runs
+from eventpipe.pipeline import Pipeline
+from eventpipe.run.fetch import fetch_source
+
+log = logging.getLogger("eventpipe")
+
+
+class FetchScheduler:
+    """The fetch deployments of one pipeline and the runner that executes their runs."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        spec: str,
+        data: Path,
+        sweep_seconds: float,
+        on_fetch: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.spec = spec
+        self.data = data
+        self.sweep_seconds = sweep_seconds
+        self.on_fetch = on_fetch
+        self.deployment_ids: dict[str, UUID] = {}
+        """Deployment ``fetch/<pipeline>-<fetch>`` of each ``@pipeline.fetch``, by fetch name."""
+        self._runner: PushRunner | None = None
+
+    def start(self) -> FetchScheduler:
+        if not self.pipeline.fetches:
+            return self
+        self.deployment_ids = register_fetches(self.pipeline, self.spec, self.data)
+        for name, deployment_id in self.deployment_ids.items():
+            crash_orphaned_runs(deployment_id)
+            missed = skip_missed_runs(deployment_id)
+            if missed:
+                log.info("fetch %s: %d run(s) missed while stopped were cancelled", name, missed)
+        self._runner = PushRunner(
+            fetch_source,
+            list(self.deployment_ids.values()),
+            sweep_seconds=self.sweep_seconds,
+            on_finished=self._fetched,
+            respect_paused=True,
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+
+    def _fetched(self, run: Any, state: Any) -> None:
+        if self.on_fetch is not None:
+            self.on_fetch(run.name, state)

@@ -1,0 +1,141 @@
+"""The intake service: the folder watcher or the bucket source in a thread of its own, each
+file it finds recorded in the ledger with its event, each refusal quarantined with a reason."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from eventpipe.core.models import Landed
+from eventpipe.core.storage import Storage, quarantine, quarantine_note
+from eventpipe.events.build import rejected_event
+from eventpipe.intake.local import FolderSource, Rejected
+from eventpipe.intake.record import record
+from eventpipe.intake.s3 import (
+    BucketSource,
+    SeenObject,
+    aws_clients,
+    bucket_location,
+    resolve_queue,
+)
+from eventpipe.ledger import Ledger
+from eventpipe.settings import Settings
+
+log = logging.getLogger("eventpipe")
+
+
+class Intake:
+    """Watches the inbox (or the bucket) of ``settings`` for pipeline ``pipeline``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pipeline: str,
+        ledger: Ledger,
+        poke: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.ledger = ledger
+        self.poke = poke
+        """Wakes the outbox pump: a recorded file's event goes out at once."""
+        self._stop = stop
+        self._thread: threading.Thread | None = None
+
+    def start(self, ready_timeout: float = 60) -> Intake:
+        """Start watching; return once the first scan (or listing) is done."""
+        s = self.settings
+        source = self._bucket_source() if s.watches_bucket else self._folder_source()
+        self._thread = threading.Thread(
+            target=source.run, args=(self._stop,), name="eventpipe-watch", daemon=True
+        )
+        self._thread.start()
+        source.ready.wait(ready_timeout)
+        return self
+
+    def join(self) -> None:
+        """After ``stop`` is set. A bucket source may sit in a long poll; what it takes after
+        this is durable in the ledger and its message is redelivered if not yet deleted."""
+        if self._thread is not None:
+            self._thread.join(2 if self.settings.watches_bucket else 10)
+
+    def _folder_source(self) -> FolderSource:
+        s = self.settings
+        return FolderSource(
+            s.inbox,
+            self.on_landed,
+            self.on_rejected,
+            settle_seconds=s.settle_seconds,
+            max_file_bytes=s.max_file_bytes,
+            rescan_seconds=s.rescan_seconds,
+        )
+
+    def _bucket_source(self) -> BucketSource:
+        s, name, ledger = self.settings, self.pipeline, self.ledger
+
+        def seen(uri: str, tag: str) -> SeenObject | None:
+            found = ledger.seen_object(name, uri, tag)
+            return SeenObject(*found) if found else None
+
+        clients = aws_clients(s)
+        return BucketSource(
+            bucket_location(s),
+            resolve_queue(clients[1], s.queue),
+            clients,
+            staging=s.data / "raw" / name,
+            snapshot_path=Storage(s.data, name).raw_snapshot_path,
+            seen=seen,
+            on_landed=self.on_landed,
+            on_rejected=self.on_bucket_rejected,
+            max_file_bytes=s.max_file_bytes,
+            wait_seconds=s.queue_wait_seconds,
+            rescan_seconds=max(s.rescan_seconds, 60.0),
+        )
+
+    def on_landed(self, landed: Landed) -> None:
+        outcome = record(self.ledger, self.pipeline, landed)
+        log.info("%s: %s", landed.relative, outcome)
+        self.poke()
+
+    def on_rejected(self, rejected: Rejected) -> None:
+        """Refused before reading (unsupported type, too large, a link out of the inbox): move
+        it to quarantine, record it and say why."""
+        stat = rejected.path.lstat()
+        landed = Landed(
+            uri="file://" + str(rejected.path),  # the link itself, never its target
+            relative=rejected.relative,
+            size=stat.st_size,
+            fingerprint=f"unread-{stat.st_size}-{stat.st_mtime_ns}",
+            source="local",
+            local_path=str(rejected.path),
+        )
+        target = quarantine(
+            self.settings.data,
+            self.pipeline,
+            rejected.path,
+            rejected.relative,
+            rejected.reason,
+            None,
+        )
+        self.ledger.record_rejected(
+            self.pipeline,
+            landed,
+            rejected.reason,
+            lambda row: rejected_event(row, rejected.reason, str(target)),
+        )
+        log.warning("quarantined %s: %s", rejected.relative, rejected.reason)
+        self.poke()
+
+    def on_bucket_rejected(self, landed: Landed, reason: str) -> None:
+        """Refused before reading: the object stays in the bucket; quarantine holds a note."""
+        note = quarantine_note(
+            self.settings.data, self.pipeline, landed.relative, reason, None, landed.uri
+        )
+        self.ledger.record_rejected(
+            self.pipeline, landed, reason, lambda row: rejected_event(row, reason, str(note))
+        )
+        log.warning("rejected %s: %s", landed.uri, reason)
+        self.poke()

@@ -1,0 +1,147 @@
+"""The state one materialize run shares with its tasks: the run's ``RunContext`` (set for
+the tasks by :func:`bound`), and the pipeline each process loads once."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eventpipe.core.models import Output, RawFile
+from eventpipe.core.readers import read_frame
+from eventpipe.core.storage import Storage
+from eventpipe.events.build import Built, asset_skipped_event, asset_updated_event
+from eventpipe.ledger import Ledger
+from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
+from eventpipe.run.artifacts import RunReport
+
+log = logging.getLogger("eventpipe.run")
+
+
+_loaded: dict[str, tuple[float, Pipeline]] = {}
+
+
+def cached_pipeline(spec: str) -> Pipeline:
+    """Load ``spec`` once per process, again when its source file changes (a warm runner
+    picks up edited step code, and the new code version recomputes what depends on it)."""
+    hit = _loaded.get(spec)
+    source = pipeline_source(spec)
+    mtime = source.stat().st_mtime if source and source.exists() else 0.0
+    if hit and hit[0] == mtime:
+        return hit[1]
+    target = spec.rpartition(":")[0]
+    if hit and not is_path_spec(spec) and target in sys.modules:
+        importlib.reload(sys.modules[target])
+    pipeline = load_pipeline(spec)
+    _loaded[spec] = (mtime, pipeline)
+    return pipeline
+
+
+@dataclass
+class RunContext:
+    """State shared by the tasks of one flow run."""
+
+    pipeline: Pipeline
+    store: Storage
+    ledger: Ledger
+    run_id: str
+    report: RunReport
+    frames: dict[int, pd.DataFrame] = field(default_factory=dict)
+    mirror: Callable[[Path], str] | None = None
+    """Publishes a current output elsewhere too (a bucket); returns where."""
+    events: list[Built] = field(default_factory=list)
+    """Asset events of this run, queued in the outbox together (one transaction, not one
+    per partition) before any file is marked done."""
+
+    dask: Any = None
+    """The run's Dask client when its process steps compute on a Dask cluster, else None."""
+    home: TaskHome | None = None
+    """What the cluster's workers need to find the pipeline and the data dir."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self._lock:  # files are processed by several threads
+            self.report.add_time(stage, seconds)
+
+    def flush_events(self) -> None:
+        if self.events:
+            batch, self.events = self.events, []
+            self.ledger.queue_events(batch)
+
+    def skipped(self, key: str, step: Step, reason: str) -> None:
+        """Say (``eventpipe.asset.skipped``) that ``step``'s asset ``key`` stays as it is."""
+        self.report.assets_skipped.append(step.name)
+        self.events.append(
+            asset_skipped_event(
+                self.pipeline.name, self.run_id, key, step.name, reason, step.code_version
+            )
+        )
+
+    def updated(
+        self,
+        step: Step,
+        out: Output,
+        partition: str,
+        upstream: dict[str, str],
+        upstream_keys: list[str],
+    ) -> None:
+        """Say (``eventpipe.asset.updated``) that ``out`` is a new version of ``step``'s asset
+        (of one partition of it, for a process step)."""
+        self.events.append(
+            asset_updated_event(
+                self.pipeline.name,
+                self.run_id,
+                key=out.key,
+                step=step.name,
+                partition=partition,
+                version=out.version,
+                rows=out.rows,
+                code_version=step.code_version,
+                upstream=upstream,
+                upstream_keys=upstream_keys,
+            )
+        )
+
+    def raw_frame(self, raw: RawFile) -> pd.DataFrame:
+        frame = self.frames.get(raw.file_id)
+        if frame is None:
+            frame = read_frame(Path(raw.snapshot), raw.suffix)
+        return frame.copy()
+
+
+@dataclass(frozen=True)
+class TaskHome:
+    """The pipeline spec and the data dir: all a Dask worker needs to run a process step."""
+
+    spec: str
+    data: str
+
+
+# The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every
+# argument looking for futures, and the run holds frames and the pipeline.
+_CURRENT: ContextVar[RunContext] = ContextVar("eventpipe_run")
+
+
+def current_run() -> RunContext:
+    """The run the calling task belongs to (set by :func:`bound`)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def bound(run: RunContext) -> Iterator[RunContext]:
+    """Make ``run`` the run the tasks called in this block belong to."""
+    token = _CURRENT.set(run)
+    try:
+        yield run
+    finally:
+        _CURRENT.reset(token)
