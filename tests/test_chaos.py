@@ -26,24 +26,9 @@ import pytest
 from eventpipe.ledger import Ledger
 from eventpipe.orchestration.server import EmbeddedServer, free_port
 from eventpipe.testing import drop_file, wait_for
+from tests.pipelines import write_pipeline
 
 FILES = 500
-PIPELINE = """
-import pandas as pd
-from eventpipe import Pipeline
-
-pipeline = Pipeline("chaos")
-
-
-@pipeline.process
-def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
-    return raw
-
-
-@pipeline.analytics
-def total(cleaned: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"amount": [int(cleaned["amount"].sum())], "rows": [len(cleaned)]})
-"""
 
 
 def content(i: int) -> str:
@@ -148,7 +133,7 @@ def test_every_file_is_processed_exactly_once_through_five_kills(tmp_path: Path)
     rng = random.Random(20261125)
     server = EmbeddedServer(tmp_path / "server-home", port=free_port())
     server.start(timeout=180)
-    (tmp_path / "chaos_pipeline.py").write_text(PIPELINE)
+    write_pipeline("totals", tmp_path / "chaos_pipeline.py", "chaos")
     inbox, data = tmp_path / "inbox", tmp_path / "data"
     up = Up(tmp_path, server.api_url)
     up.start()

@@ -10,23 +10,7 @@ from pathlib import Path
 
 from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import drop_file, read_events, wait_for
-
-PIPELINE = """
-import pandas as pd
-from eventpipe import Pipeline
-
-pipeline = Pipeline("{name}")
-
-
-@pipeline.process
-def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
-    return raw
-
-
-@pipeline.analytics
-def total(cleaned: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({{"amount": [cleaned["amount"].sum()], "rows": [len(cleaned)]}})
-"""
+from tests.pipelines import write_pipeline
 
 
 def eventpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -42,7 +26,7 @@ def eventpipe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_run_status_versions_explain(prefect_server: EmbeddedServer, tmp_path: Path) -> None:
-    (tmp_path / "p.py").write_text(PIPELINE.format(name="cli_story"))
+    write_pipeline("totals", tmp_path / "p.py", "cli_story")
     (tmp_path / "eventpipe.toml").write_text(
         f'pipeline = "p.py:pipeline"\napi_url = "{prefect_server.api_url}"\n'
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import types
 
 import pytest
@@ -65,3 +66,54 @@ def test_every_error_is_an_eventpipe_error(name: str) -> None:
 
 def test_version_matches_the_installed_distribution() -> None:
     assert eventpipe.__version__ == importlib.metadata.version("eventpipe")
+
+
+TESTING = [
+    "Background",
+    "FakeEndpoint",
+    "Reply",
+    "SeenRequest",
+    "client_env",
+    "configure_prefect_env",
+    "drop_file",
+    "eventpipe_up",
+    "fake_endpoint",
+    "land_file",
+    "moto_s3",
+    "postgres_server",
+    "prefect_server",
+    "read_events",
+    "upload",
+    "wait_for",
+]
+
+
+def test_the_testing_package_exports_its_documented_helpers() -> None:
+    import eventpipe.testing as testing
+
+    assert testing.__all__ == TESTING
+    public = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(TESTING)
+    for name in TESTING:
+        assert name in (testing.__doc__ or ""), f"{name} is not described in the docstring"
+
+
+def test_importing_the_testing_helpers_leaves_prefect_unimported() -> None:
+    """``configure_prefect_env`` must run before Prefect is imported: the helpers must not
+    import it themselves."""
+    import subprocess
+    import sys
+
+    probe = "import sys, eventpipe.testing; print('prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_package_ships_its_type_information() -> None:
+    """``py.typed`` lets users' type checkers read the ``@pipeline.process`` overloads."""
+    package_dir = importlib.resources.files("eventpipe")
+    assert package_dir.joinpath("py.typed").is_file()

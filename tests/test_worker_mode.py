@@ -22,23 +22,7 @@ from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.run.flow import materialize_pipeline
 from eventpipe.settings import Settings
 from eventpipe.testing import drop_file, wait_for
-
-PIPELINE = """
-import pandas as pd
-from eventpipe import Pipeline
-
-pipeline = Pipeline("{name}")
-
-
-@pipeline.process
-def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
-    return raw
-
-
-@pipeline.analytics
-def total(cleaned: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({{"amount": [cleaned["amount"].sum()]}})
-"""
+from tests.pipelines import write_pipeline
 
 
 def deploy_on_a_pool(name: str, data: Path) -> None:
@@ -76,7 +60,7 @@ def test_the_watcher_leaves_runs_to_workers_and_its_janitor_never_fights_them(
     prefect_server: EmbeddedServer, tmp_path: Path
 ) -> None:
     name = "w" + uuid.uuid4().hex[:10]
-    (tmp_path / "pipeline.py").write_text(PIPELINE.format(name=name))
+    write_pipeline("totals", tmp_path / "pipeline.py", name)
     inbox, data = tmp_path / "inbox", tmp_path / "data"
     settings = Settings(
         pipeline=str(tmp_path / "pipeline.py") + ":pipeline",

@@ -1,0 +1,71 @@
+"""A real S3 + SQS protocol server (``moto_server`` over HTTP on 127.0.0.1) and putting
+objects into it the way producers do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from eventpipe.orchestration.server import free_port
+from eventpipe.testing.files import wait_for
+
+
+@contextmanager
+def moto_s3(log_file: Path | None = None) -> Iterator[str]:
+    """A real S3 + SQS protocol server (``moto_server``) on 127.0.0.1 and a free port, for the
+    duration of the block; yields its endpoint URL. Sets dummy AWS credentials and a region in
+    this process's environment unless some are set. Needs ``moto[server]``."""
+
+    binary = Path(sys.executable).with_name("moto_server")
+    command = [str(binary)] if binary.exists() else [shutil.which("moto_server") or "moto_server"]
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
+    out = log_file.open("ab") if log_file else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError as exc:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]'") from exc
+    try:
+        wait_for(lambda: _answers(endpoint), 30, 0.1, what=f"moto_server on {endpoint}")
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_file and not isinstance(out, int):
+            out.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def upload(s3: Any, bucket: str, key: str, content: str | bytes) -> str:
+    """Put one object (as producers do: a single PUT, atomic in S3); returns its eTag."""
+    body = content.encode() if isinstance(content, str) else content
+    return str(s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]).strip('"')
