@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from bench import _perf_common as common
-except ImportError:  # run as a script
-    import _perf_common as common  # type: ignore[no-redef]
+import harness
 
 NAME = "burst"
 
@@ -61,7 +58,7 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
         "pipeline.analytics(demo.revenue_by_region)\n"
     )
     staging = root / f"staging-{size}"
-    files = common.write_files(staging, 0, size)
+    files = harness.write_files(staging, 0, size)
     settings = Settings(
         pipeline=f"{pipeline_file}:pipeline",
         inbox=root / f"inbox-{size}",
@@ -116,16 +113,16 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = common.start_state()
+    code = harness.start_state()
     results: list[dict[str, Any]] = []
-    with common.prefect_server(NAME) as root:
+    with harness.prefect_server(NAME) as root:
         api_url = os.environ["PREFECT_API_URL"]
         for size in args.sizes:
             results.append(burst(root, api_url, size, args.timeout))
             print(f"  {results[-1]}", flush=True)
     print()
     print(
-        common.table(
+        harness.table(
             ["files", "s to all done", "files/s", "flow runs", "exactly once"],
             [
                 [
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "bursts": results,
         "goal": "1000 files: <= 60 s to all done, <= 20 flow runs",
     }
-    common.write_results(args.results, result, code)
+    harness.write_results(args.results, result, code)
     return result
 
 

@@ -19,14 +19,11 @@ import os
 import statistics
 from typing import Any
 
-try:
-    from bench import _perf_common as common
-except ImportError:  # run as a script
-    import _perf_common as common  # type: ignore[no-redef]
+import harness
 
 NAME = "dask_speedup"
 PIPELINES = {"cpu": ("cpu", 2000), "light": ("plain", 50)}
-"""Case -> (pipeline attribute in _perf_common, rows per file)."""
+"""Case -> (pipeline attribute in harness, rows per file)."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -42,15 +39,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = common.start_state()
+    code = harness.start_state()
     walls: dict[str, dict[str, list[float]]] = {}
-    with common.prefect_server(NAME) as root:
+    with harness.prefect_server(NAME) as root:
         from eventpipe.run.dask import LocalDask
 
         for case, (attr, rows) in PIPELINES.items():
-            spec = common.spec(attr)
-            pipeline = getattr(common, attr).name
-            common.warm(root / case, spec)
+            spec = harness.spec(attr)
+            pipeline = getattr(harness, attr).name
+            harness.warm(root / case, spec)
             cluster = LocalDask(spec)
             address = cluster.start()
             print(f"{case}: {cluster.description}", flush=True)
@@ -61,10 +58,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     for runner in order:
                         inbox = root / case / f"inbox-{runner}-{index}"
                         data = root / case / f"data-{runner}-{index}"
-                        files = common.write_files(inbox, 0, args.files, rows=rows)
-                        common.land(data, pipeline, inbox, files)
+                        files = harness.write_files(inbox, 0, args.files, rows=rows)
+                        harness.land(data, pipeline, inbox, files)
                         task_runner = address if runner == "dask" else "threads"
-                        wall, summary = common.run_flow(spec, data, task_runner=task_runner)
+                        wall, summary = harness.run_flow(spec, data, task_runner=task_runner)
                         if summary["processed"] != args.files:
                             raise RuntimeError(f"expected {args.files} processed: {summary}")
                         walls[case][runner].append(wall)
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         )
     print()
     print(f"{args.files} new files, one run, medians of {args.rounds} (cores: {os.cpu_count()})")
-    print(common.table(["pipeline", "threads s", "dask s", "speed-up"], rows_out))
+    print(harness.table(["pipeline", "threads s", "dask s", "speed-up"], rows_out))
     result: dict[str, object] = {
         "measure": "wall seconds of one materialize run processing N new files, called in this "
         "process as the push runner calls it; Dask: a warm LocalCluster, a process per core",
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "cases": cases,
         "figures": figures,
     }
-    common.write_results(NAME, result, code)
+    harness.write_results(NAME, result, code)
     return result
 
 

@@ -22,11 +22,9 @@ The server is Prefect's default SQLite database (a private PREFECT_HOME), for ev
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -37,15 +35,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventpipe.core.keys import file_uri
-from eventpipe.core.models import Landed
-from eventpipe.core.storage import Storage, file_digest
+from eventpipe.core.storage import Storage
 from eventpipe.demo import write_sample
 from eventpipe.events.outbox import flush_outbox
 
@@ -55,6 +49,7 @@ from eventpipe.ledger import Ledger
 from eventpipe.pipeline import load_pipeline
 from eventpipe.run.deliver import prefect_sender
 from eventpipe.testing import Background, configure_prefect_env, drop_file, moto_s3, upload
+from harness import git_state, landed, machine
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -456,18 +451,6 @@ def stop_serve(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def landed(inbox: Path, path: Path) -> Landed:
-    """What eventpipe's folder source reports for ``path``."""
-    return Landed(
-        uri=file_uri(path),
-        relative=path.relative_to(inbox).as_posix(),
-        size=path.stat().st_size,
-        fingerprint=file_digest(path),
-        source="local",
-        local_path=str(path),
-    )
-
-
 def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
     from eventpipe.orchestration import deploy
 
@@ -556,33 +539,6 @@ def print_table(rows: list[Summary], speedup: float | None) -> None:
 
 def runs_p50(rows: list[Summary], label: str) -> float:
     return next((r.p50 or 0.0 for r in rows if label in r.path), 0.0)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "loadavg_1m_at_end": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "prefect": version("prefect"),
-        "eventpipe": version("eventpipe"),
-        "platform": platform.platform(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """Which code was measured: the commit, and whether the working tree differed from it."""
-
-    def git(*argv: str) -> str:
-        result = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
-        return result.stdout.rstrip("\n")
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": git("status", "--porcelain").splitlines(),
-        "diff_sha256": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest(),
-    }
 
 
 def write_results(

@@ -32,6 +32,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 
+import harness
+
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "idle.json"
 GOAL_RSS_MB = 400.0
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "shared": "other engineers ran tests on this 2-core machine at the same time; "
             "the tree's own CPU seconds are counted, not the machine's load",
         },
-        "commit": _commit(),
+        **harness.git_state(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     print(
@@ -316,13 +318,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         RESULTS.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {RESULTS}")
     return result
-
-
-def _commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True, check=False
-    )
-    return out.stdout.strip()
 
 
 if __name__ == "__main__":

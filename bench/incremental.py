@@ -17,10 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-try:
-    from bench import _perf_common as common
-except ImportError:  # run as a script
-    import _perf_common as common  # type: ignore[no-redef]
+import harness
 
 NAME = "incremental"
 FORMS = {"plain": "perf_plain", "combine": "perf_combine"}
@@ -40,27 +37,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = common.start_state()
+    code = harness.start_state()
     timings: dict[str, dict[int, list[tuple[float, float]]]] = {}
-    with common.prefect_server(NAME) as root:
+    with harness.prefect_server(NAME) as root:
         for form, pipeline in FORMS.items():
-            spec = common.spec(form)
-            common.warm(root / form, spec)
+            spec = harness.spec(form)
+            harness.warm(root / form, spec)
             dirs: dict[int, Path] = {}
             for size in (args.small, args.large):
                 inbox, data = root / form / f"inbox-{size}", root / form / f"data-{size}"
-                common.land(data, pipeline, inbox, common.write_files(inbox, 0, size))
-                wall, summary = common.run_flow(spec, data)
+                harness.land(data, pipeline, inbox, harness.write_files(inbox, 0, size))
+                wall, summary = harness.run_flow(spec, data)
                 print(f"{form}: {size} partitions built in {wall:.1f} s", flush=True)
                 dirs[size] = inbox
-            common.settle()
+            harness.settle()
             timings[form] = {args.small: [], args.large: []}
             for index in range(args.rounds):
                 for size, inbox in dirs.items():
                     data = inbox.with_name(f"data-{size}")
-                    new = common.write_files(inbox, 50_000 + index, 1)
-                    common.land(data, pipeline, inbox, new)
-                    wall, summary = common.run_flow(spec, data)
+                    new = harness.write_files(inbox, 50_000 + index, 1)
+                    harness.land(data, pipeline, inbox, new)
+                    wall, summary = harness.run_flow(spec, data)
                     if summary["processed"] != 1:
                         raise RuntimeError(f"expected one processed file: {summary}")
                     timings[form][size].append((wall, summary["stage_seconds"]["total"]))
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print()
     print(f"one new file: {args.small} vs {args.large} partitions (medians of {args.rounds})")
     print(
-        common.table(
+        harness.table(
             [
                 "analytics form",
                 f"wall {args.small}",
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "forms": figures,
         "goal": "ratio large / small <= 1.5",
     }
-    common.write_results(NAME, result, code)
+    harness.write_results(NAME, result, code)
     return result
 
 

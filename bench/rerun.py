@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from bench import _perf_common as common
-except ImportError:  # run as a script
-    import _perf_common as common  # type: ignore[no-redef]
+import harness
 
 NAME = "rerun"
 
@@ -57,30 +54,30 @@ def skipped_events(data: Path, since: float) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = common.start_state()
-    spec = common.spec("plain")
-    with common.prefect_server(NAME) as root:
-        common.warm(root, spec)
+    code = harness.start_state()
+    spec = harness.spec("plain")
+    with harness.prefect_server(NAME) as root:
+        harness.warm(root, spec)
         inbox, data = root / "inbox", root / "data"
-        common.land(data, "perf_plain", inbox, common.write_files(inbox, 0, args.files))
-        full_wall, full = common.run_flow(spec, data)
+        harness.land(data, "perf_plain", inbox, harness.write_files(inbox, 0, args.files))
+        full_wall, full = harness.run_flow(spec, data)
         if full["processed"] != args.files:
             raise RuntimeError(f"the full run did not process every file: {full}")
         print(f"full run: {args.files} files in {full_wall:.2f} s", flush=True)
-        common.settle()  # the server ingests the full run's events before the next run
+        harness.settle()  # the server ingests the full run's events before the next run
 
         unchanged: list[tuple[float, dict[str, Any]]] = []
         empty: list[tuple[float, dict[str, Any]]] = []
         skipped_per_run: list[int] = []
         for _ in range(args.repeat):
             since = time.time()
-            common.requeue_done(data, "perf_plain")
-            wall, summary = common.run_flow(spec, data)
+            harness.requeue_done(data, "perf_plain")
+            wall, summary = harness.run_flow(spec, data)
             unchanged.append((wall, summary))
             skipped_per_run.append(len(skipped_events(data, since)))
             if summary["skipped"] != args.files or summary["assets_updated"]:
                 raise RuntimeError(f"the no-change run did something: {summary}")
-            empty.append(common.run_flow(spec, data))
+            empty.append(harness.run_flow(spec, data))
 
     analytics = 2  # revenue_by_day, revenue_by_region
     expected_skips = args.files + analytics
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     print()
     print(
-        common.table(
+        harness.table(
             ["run", "wall s", "body s", "wall / full", "body / full"],
             [
                 [k, w, b, f"{w / full_wall:.1%}", f"{b / rows['full'][1]:.1%}"]
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "ratio_nothing_pending_wall": rows["nothing pending"][0] / full_wall,
         "goal": "no-change run <= 5 % of the full run",
     }
-    common.write_results(NAME, result, code)
+    harness.write_results(NAME, result, code)
     return result
 
 

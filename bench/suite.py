@@ -34,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import harness
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "shared": "a 2-core machine shared with other engineers' test runs: each script "
             "interleaves what it compares and reports medians and ratios",
         },
-        "commit": _commit(),
+        **harness.git_state(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
@@ -464,13 +466,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"plot: {image}")
     print(f"wrote {RESULTS / 'suite.json'}; `bench/suite.py --markdown` prints the README table")
     return suite
-
-
-def _commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    return out.stdout.strip()
 
 
 if __name__ == "__main__":

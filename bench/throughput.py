@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+import harness
 from eventpipe.pipeline import Pipeline
 
 BENCH = Path(__file__).resolve().parent
@@ -272,15 +273,6 @@ def machine(load_at_start: float) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str:
-    import subprocess
-
-    result = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip()
-
-
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -365,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             },
         ],
         "machine": machine(load_at_start),
-        "commit": git_commit(),
+        **harness.git_state(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

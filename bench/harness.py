@@ -2,38 +2,42 @@
 for the whole script, files recorded in a ledger as the watcher would, one materialize run
 called in-process as the push runner calls it, and results written with the machine's facts.
 
-The pipelines below are loaded by spec (``bench/_perf_common.py:<name>``), so this module
+The pipelines below are loaded by spec (``bench/harness.py:<name>``), so this module
 imports nothing that imports Prefect.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from eventpipe import demo
+from eventpipe.core.keys import file_uri
+from eventpipe.core.models import Landed
+from eventpipe.core.storage import file_digest
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import Pipeline
 
-try:
-    from bench.freshness import git_state, landed, machine
-except ImportError:  # run as a script: bench/ is on sys.path, the repository root is not
-    from freshness import git_state, landed, machine  # type: ignore[no-redef]
-
 BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 RESULTS = BENCH / "results"
-SELF = BENCH / "_perf_common.py"
+SELF = BENCH / "harness.py"
 
 
 def sales(name: str) -> Pipeline:
@@ -279,3 +283,45 @@ plain = sales("perf_plain")
 with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
     combine = combined("perf_combine")
 cpu = cpu_bound("perf_cpu")
+
+
+# -- what every result file records ---------------------------------------------------------
+
+
+def landed(inbox: Path, path: Path) -> Landed:
+    """What eventpipe's folder source reports for ``path``."""
+    return Landed(
+        uri=file_uri(path),
+        relative=path.relative_to(inbox).as_posix(),
+        size=path.stat().st_size,
+        fingerprint=file_digest(path),
+        source="local",
+        local_path=str(path),
+    )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "loadavg_1m_at_end": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "prefect": version("prefect"),
+        "eventpipe": version("eventpipe"),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether the working tree differed from it."""
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
+        return result.stdout.rstrip("\n")
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": git("status", "--porcelain").splitlines(),
+        "diff_sha256": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest(),
+    }
