@@ -1,6 +1,8 @@
-"""What the engine benchmarks (rerun, incremental, burst) share: a Prefect server
-for the whole script, files recorded in a ledger as the watcher would, one materialize run
-called in-process as the push runner calls it, and results written with the machine's facts.
+"""What the benchmarks share, in one module every script imports as ``harness`` (``bench/`` is
+on the path when a script runs, and in pytest's ``pythonpath``): a Prefect server for the
+whole script, files recorded in a ledger as the watcher would, one materialize run called
+in-process as the push runner calls it, and what every result file records (the commit,
+whether the tree was clean, the load average, the machine).
 
 The pipelines below are loaded by spec (``bench/harness.py:<name>``), so this module
 imports nothing that imports Prefect.
