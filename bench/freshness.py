@@ -238,7 +238,7 @@ def run_bucket(
     each sample is one ``put_object``, timed from just before the PUT."""
     import boto3
 
-    from eventpipe.intake.s3 import setup_notifications
+    from eventpipe.intake.aws import setup_notifications
 
     with moto_s3(root / "moto.log") as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")

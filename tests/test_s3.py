@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from eventpipe.core.keys import asset_key
-from eventpipe.intake.s3 import setup_notifications
+from eventpipe.intake.aws import setup_notifications
 from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import upload, wait_for
 from tests.loop_harness import Harness, running_loop

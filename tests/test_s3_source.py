@@ -10,7 +10,8 @@ import pytest
 
 from eventpipe.core.storage import inside
 from eventpipe.exceptions import ConfigError
-from eventpipe.intake.s3 import BucketLocation, ObjectNotice, parse_notification, relative_key
+from eventpipe.intake.aws import BucketLocation
+from eventpipe.intake.s3 import ObjectNotice, parse_notification, relative_key
 
 
 def notification(*keys: str, event: str = "ObjectCreated:Put") -> str:

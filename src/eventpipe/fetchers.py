@@ -263,6 +263,7 @@ def sql_query(
     of the last recorded fetch are taken (all rows the first time), so declare the fetch with
     ``append=True``: each fetch adds a partition with the new rows.
     """
+    # Lazy: SQLAlchemy (and a database driver) only for pipelines that query a database.
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError

@@ -338,6 +338,8 @@ class Pipeline:
 
 
 def _check_cron(where: str, expression: str) -> None:
+    # Lazy: a pipeline module is imported before `eventpipe up` configures Prefect; Prefect's
+    # own parser then reads the schedule exactly as the deployment will.
     from prefect.schedules import Cron
 
     try:

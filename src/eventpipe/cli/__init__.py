@@ -1,5 +1,10 @@
-"""``eventpipe``: the command line, one module per command group. Flags override
-``EVENTPIPE_*`` variables, which override ``eventpipe.toml`` (see :mod:`eventpipe.settings`)."""
+"""``eventpipe``: the command line. Flags override ``EVENTPIPE_*`` variables, which override
+``eventpipe.toml``; the flags and their help are :class:`~eventpipe.settings.Settings`' fields.
+
+One module per command group: ``loop`` (up, run), ``inspect`` (status, versions, explain,
+retry), ``lineage`` (lineage, ui), ``setup`` (setup-s3, automations apply); ``common`` holds what
+they share. This module assembles the app and turns eventpipe's errors into one line.
+"""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def setup_s3(
     """
     setup_logging(False)
     # Imported here: boto3 (the s3 extra) is slow to import and not needed elsewhere.
-    from eventpipe.intake.s3 import aws_clients, setup_notifications
+    from eventpipe.intake.aws import aws_clients, setup_notifications
 
     s = settings_or_configured(settings)
     queue_url = setup_notifications(*aws_clients(s), bucket, queue, prefix)

@@ -10,15 +10,10 @@ from collections.abc import Callable
 from eventpipe.core.models import Landed
 from eventpipe.core.storage import Storage, quarantine, quarantine_note
 from eventpipe.events.build import rejected_event
+from eventpipe.intake.aws import aws_clients, bucket_location, resolve_queue
 from eventpipe.intake.local import FolderSource, Rejected
 from eventpipe.intake.record import record
-from eventpipe.intake.s3 import (
-    BucketSource,
-    SeenObject,
-    aws_clients,
-    bucket_location,
-    resolve_queue,
-)
+from eventpipe.intake.s3 import BucketSource, SeenObject
 from eventpipe.ledger import Ledger
 from eventpipe.settings import Settings
 

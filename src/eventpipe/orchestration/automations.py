@@ -15,6 +15,10 @@ from typing import Any
 from uuid import UUID
 
 import yaml
+from prefect.automations import Automation
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
 from eventpipe.exceptions import ConfigError
@@ -72,9 +76,6 @@ def notification_block(
 
 
 async def _notification_block(notify_block: str | None, notify_webhook: str | None) -> UUID:
-    from prefect.blocks.core import Block
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
     if notify_block:
         try:
             block = await Block.aload(notify_block)
@@ -128,15 +129,11 @@ def apply(
 def unresponsive_window() -> int | None:
     """Three heartbeat intervals of this process's Prefect settings; None when heartbeats are
     off."""
-    from prefect.settings import get_current_settings
-
     frequency = get_current_settings().flows.heartbeat_frequency
     return None if frequency is None else 3 * frequency
 
 
 async def _apply(specs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    from prefect.automations import Automation
-
     done: list[tuple[str, str]] = []
     for spec in specs:
         wanted = Automation.model_validate(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -164,8 +165,6 @@ def _die_with_parent() -> None:
     so a killed ``eventpipe up`` leaves no server behind."""
     if sys.platform != "linux":
         return
-    import ctypes
-
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 

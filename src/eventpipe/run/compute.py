@@ -5,6 +5,7 @@ map/combine steps kept between runs."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,6 @@ def _previous_partials(run: RunContext, step: Step) -> Path | None:
 def warm_up(spec: str) -> None:
     """Do once, at start, what the first run would otherwise pay for: load the pipeline into
     the cache the runs use, and exercise the parquet and CSV code paths."""
-    import tempfile
-
     cached_pipeline(spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "warm.parquet"

@@ -26,13 +26,13 @@ from eventpipe.core.keys import partition_relative
 from eventpipe.core.storage import Storage
 from eventpipe.events import build as ev
 from eventpipe.exceptions import EventpipeError
-from eventpipe.intake.s3 import BucketPublisher
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.run.analytics_stage import run_analytics
 from eventpipe.run.artifacts import RunReport, artifact_key, table_rows
 from eventpipe.run.context import RunContext, TaskHome, bound, cached_pipeline
 from eventpipe.run.dask import task_runner_for
 from eventpipe.run.deliver import deliver_now
+from eventpipe.run.mirror import BucketPublisher
 from eventpipe.run.outputs import restore_outputs
 from eventpipe.run.partition_stage import process_work
 
