@@ -20,23 +20,7 @@ from eventpipe.cli import app
 from eventpipe.exceptions import ConfigError
 from eventpipe.settings import Settings
 from eventpipe.testing import drop_file
-
-PIPELINE = """
-import pandas as pd
-from eventpipe import Pipeline
-
-pipeline = Pipeline("flights")
-
-
-@pipeline.process
-def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
-    return raw
-
-
-@pipeline.analytics
-def total(cleaned: pd.DataFrame) -> pd.DataFrame:
-    return cleaned
-"""
+from tests.pipelines import write_pipeline
 
 WEBHOOK = "https://hooks.example.com/services/T0KEN-s3cr3t"
 
@@ -67,7 +51,7 @@ def flights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith("EVENTPIPE_"):
             monkeypatch.delenv(name)
-    (tmp_path / "p.py").write_text(PIPELINE)
+    write_pipeline("totals", tmp_path / "p.py", "flights")
     drop_file(tmp_path / "inbox", "a.csv", "amount\n1\n2\n")
     from eventpipe.intake.record import scan_once
 
