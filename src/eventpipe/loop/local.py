@@ -63,6 +63,8 @@ class LocalLoop:
         self.started: Started | None = None
         self._stop = threading.Event()
         self._intake: Intake | None = None
+        self._server: EmbeddedServer | None = None
+        """The embedded server from the moment it starts: stopped even if start fails later."""
 
     # -- what was started, for the CLI, tests and benchmarks ------------------------------------
 
@@ -136,7 +138,7 @@ class LocalLoop:
                 "--runs worker needs --api-url: the Prefect server that `prefect deploy` and the"
                 " workers use (e.g. http://prefect:4200/api)"
             )
-        server = configure_api(s)
+        server = self._server = configure_api(s)
         pipeline = load_pipeline(self.spec)
         if server is not None:
             server.start()
@@ -221,7 +223,9 @@ class LocalLoop:
         if self._intake is not None:
             self._intake.join()
         started = self.started
-        if started is None:
+        if started is None:  # start failed before the services were up
+            if self._server is not None:
+                self._server.stop()
             return
         if started.fetches is not None:
             started.fetches.stop()
