@@ -1,5 +1,8 @@
-"""The pipelines the freshness benchmark runs: the same steps under two names, so the trigger
-of one never fires for the files of the other."""
+"""The pipelines the freshness benchmark runs: the same steps under several names, so the
+trigger of one never fires for the files of another.
+
+Apart from ``harness`` on purpose: the worker path loads this file in every flow run, so it
+imports what a user's pipeline file imports and nothing more."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = harness.start_state()
+    at_start = harness.start_state()
     results: list[dict[str, Any]] = []
     with harness.prefect_server(NAME) as root:
         api_url = os.environ["PREFECT_API_URL"]
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "bursts": results,
         "goal": "1000 files: <= 60 s to all done, <= 20 flow runs",
     }
-    harness.write_results(args.results, result, code)
-    return result
+    return harness.write_results(args.results, harness.recorded(result, at_start))
 
 
 if __name__ == "__main__":

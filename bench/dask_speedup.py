@@ -39,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = harness.start_state()
+    at_start = harness.start_state()
     walls: dict[str, dict[str, list[float]]] = {}
     with harness.prefect_server(NAME) as root:
         from eventpipe.run.dask import LocalDask
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "cases": cases,
         "figures": figures,
     }
-    harness.write_results(NAME, result, code)
-    return result
+    return harness.write_results(NAME, harness.recorded(result, at_start))
 
 
 if __name__ == "__main__":

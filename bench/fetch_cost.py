@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import harness
 from eventpipe.testing import configure_prefect_env, fake_endpoint
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results" / "fetch_cost.json"
+RESULTS = harness.RESULTS / "fetch_cost.json"
 
 PIPELINE = """
 import pandas as pd
@@ -77,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
+    at_start = harness.start_state()
     rows = args.rows or (200 if args.quick else 5000)
     rounds = args.rounds or (3 if args.quick else 15)
     root = Path(tempfile.mkdtemp(prefix="eventpipe-fetch-bench-")).resolve()
@@ -94,20 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    result: dict[str, object] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        },
-        "rows": rows,
-        "rounds": rounds,
-        **measured,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
+    body = {"rows": rows, "rounds": rounds, **measured}
+    result = harness.write_results(args.out, harness.recorded(body, at_start))
+    print(json.dumps({k: v for k, v in body.items() if k != "samples"}, indent=2))
     return result
 
 

@@ -22,7 +22,6 @@ The server is Prefect's default SQLite database (a private PREFECT_HOME), for ev
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import harness
 from eventpipe.core.storage import Storage
 from eventpipe.demo import write_sample
 from eventpipe.events.outbox import flush_outbox
@@ -47,14 +47,11 @@ from eventpipe.events.outbox import flush_outbox
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import load_pipeline
-from eventpipe.run.deliver import prefect_sender
 from eventpipe.testing import Background, configure_prefect_env, drop_file, moto_s3, upload
-from harness import git_state, landed, machine
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-PIPELINE_FILE = BENCH / "bench_pipeline.py"
-RESULTS = BENCH / "results" / "freshness.json"
+REPO = harness.REPO
+PIPELINE_FILE = harness.BENCH / "bench_pipeline.py"
+RESULTS = harness.RESULTS / "freshness.json"
 
 POLL_SECONDS = 0.002
 DROP_TIMEOUT = 60.0
@@ -453,6 +450,7 @@ def stop_serve(proc: subprocess.Popen[bytes]) -> None:
 
 def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
     from eventpipe.orchestration import deploy
+    from eventpipe.run.deliver import prefect_sender  # imports Prefect: not at module level
 
     inbox = (root / "base-inbox").resolve()
     data = (root / "base-data").resolve()
@@ -468,7 +466,7 @@ def run_baseline(root: Path, samples: list[Sample], seed: int) -> list[Drop]:
 
         def drop(name: str, content: bytes) -> None:
             path = drop_file(inbox, name, content)
-            record(ledger, BASE_NAME, landed(inbox, path))
+            record(ledger, BASE_NAME, harness.landed(inbox, path))
             if flush_outbox(ledger, sender) < 0:
                 raise RuntimeError("the server did not take the landed event")
 
@@ -546,10 +544,8 @@ def write_results(
     runs: dict[str, list[Drop]],
     rows: list[Summary],
     speedup: float | None,
-    code_at_start: dict[str, Any],
+    at_start: harness.Start,
 ) -> dict[str, Any]:
-    output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "measure": "seconds from just before a file is written into the inbox (or PUT into "
         "the bucket) until every "
@@ -572,17 +568,9 @@ def write_results(
             else None
         ),
         "drops": {name: [asdict(d) for d in drops] for name, drops in runs.items()},
-        "machine": {**machine(), "loadavg_1m_at_start": code_at_start["loadavg_1m"]},
-        "git": code_at_start["git"],
-        # Baseline runs import src afresh: an edit during the run changes what is measured.
-        "code_changed_during_run": code_at_start["git"] != git_state(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    output.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
-    if body["code_changed_during_run"]:
-        print("warning: the working tree changed during the run; the paths measured different code")
-    return body
+    output: Path = args.output
+    return harness.write_results(output, harness.recorded(body, at_start))
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -622,7 +610,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     """The suite's contract: ``--quick``, writes bench/results/freshness.json, returns it."""
     args = parse_args(argv)
 
-    code_at_start = {"git": git_state(), "loadavg_1m": os.getloadavg()[0]}
+    at_start = harness.start_state()
     root = Path(tempfile.mkdtemp(prefix="eventpipe-bench-")).resolve()
     print(f"working in {root}", flush=True)
     # Before anything imports Prefect: it reads its settings from the environment at import.
@@ -656,7 +644,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows.append(summarize("baseline (serve, defaults)", runs["baseline"]))
     speedup = ratio(rows[-1], rows[0])
     print_table(rows, speedup)
-    return write_results(args, runs, rows, speedup, code_at_start)
+    return write_results(args, runs, rows, speedup, at_start)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,16 @@ whole script, files recorded in a ledger as the watcher would, one materialize r
 in-process as the push runner calls it, and what every result file records (the commit,
 whether the tree was clean, the load average, the machine).
 
-The pipelines below are loaded by spec (``bench/harness.py:<name>``), so this module
-imports nothing that imports Prefect.
+The pipelines below are loaded by spec (``bench/harness.py:<name>``). Importing this module
+imports no Prefect (``tests/test_bench_suite.py`` checks every script): Prefect reads its
+settings once, so a script points it at its server (:func:`prefect_server`) first, and the
+functions that need Prefect import it themselves.
+
+Every result file is written the same way: note :func:`start_state` before measuring, then
+``write_results(name, recorded(body, at_start))`` (or ``recorded`` alone when a run writes
+nothing): the body, plus the date, the machine and its load at start and end, the commit and
+the working tree's changes at start, whether they changed during the run, and the command
+with its options.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -29,12 +39,15 @@ from typing import Any
 import pandas as pd
 
 from eventpipe import demo
-from eventpipe.core.keys import file_uri
+from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.core.models import Landed
 from eventpipe.core.storage import file_digest
+from eventpipe.events.build import sighting_event
+from eventpipe.events.outbox import flush_outbox
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import Pipeline
+from eventpipe.testing import configure_prefect_env
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -97,6 +110,13 @@ def score_by_day(scored: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# The pipelines the scripts name by spec: ``spec("plain")``.
+plain = sales("perf_plain")
+with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
+    combine = combined("perf_combine")
+cpu = cpu_bound("perf_cpu")
+
+
 def spec(attr: str) -> str:
     return f"{SELF}:{attr}"
 
@@ -105,10 +125,6 @@ def spec(attr: str) -> str:
 def prefect_server(prefix: str) -> Iterator[Path]:
     """A fresh Prefect server for the benchmark; yields the working directory. Call before
     anything imports Prefect (it reads its settings at import)."""
-    import shutil
-
-    from eventpipe.testing import configure_prefect_env
-
     root = Path(tempfile.mkdtemp(prefix=f"eventpipe-{prefix}-")).resolve()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     server = configure_prefect_env(root)
@@ -138,9 +154,20 @@ def land(data: Path, pipeline: str, inbox: Path, paths: list[Path]) -> None:
         ledger.close()
 
 
+def landed(inbox: Path, path: Path) -> Landed:
+    """What eventpipe's folder source reports for ``path``."""
+    return Landed(
+        uri=file_uri(path),
+        relative=path.relative_to(inbox).as_posix(),
+        size=path.stat().st_size,
+        fingerprint=file_digest(path),
+        source="local",
+        local_path=str(path),
+    )
+
+
 def send_outbox(ledger: Ledger) -> None:
-    from eventpipe.events.outbox import flush_outbox
-    from eventpipe.run.deliver import prefect_sender
+    from eventpipe.run.deliver import prefect_sender  # imports Prefect
 
     sender = prefect_sender()
     try:
@@ -152,9 +179,6 @@ def send_outbox(ledger: Ledger) -> None:
 
 def requeue_done(data: Path, pipeline: str) -> int:
     """Make every done file pending again, unchanged: the next run finds nothing new."""
-    from eventpipe.core.keys import asset_key
-    from eventpipe.events.build import sighting_event
-
     ledger = Ledger(data / "ledger.sqlite")
     try:
 
@@ -234,31 +258,13 @@ def settle(timeout: float = 600.0) -> float:
 def warm(root: Path, pipeline_spec: str) -> None:
     """What a running ``eventpipe up`` has already paid: imports, the pipeline loaded, a
     first flow run (a warm runner never pays them per run)."""
-    from eventpipe.run.compute import warm_up
+    from eventpipe.run.compute import warm_up  # newer than some baselines' src (burst's)
 
     warm_up(pipeline_spec)
     inbox, data = root / "warm-inbox", root / "warm-data"
     name = pipeline_spec.rpartition(":")[2]
     land(data, globals()[name].name, inbox, write_files(inbox, 90_000, 2))
     run_flow(pipeline_spec, data)
-
-
-def write_results(name: str, body: dict[str, Any], code_at_start: dict[str, Any]) -> Path:
-    path = RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    full = {
-        **body,
-        "machine": {**machine(), "cores": os.cpu_count()},
-        "git": code_at_start,
-        "code_changed_during_run": code_at_start != git_state(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "eventpipe_imported_from": str(Path(demo.__file__).parent),
-        "note": "measured on a shared 2-core machine (other engineers ran tests); "
-        "compare the ratios of figures taken side by side in this one run",
-    }
-    path.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
-    return path
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -277,29 +283,65 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def start_state() -> dict[str, Any]:
-    return git_state()
-
-
-plain = sales("perf_plain")
-with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
-    combine = combined("perf_combine")
-cpu = cpu_bound("perf_cpu")
-
-
 # -- what every result file records ---------------------------------------------------------
 
+SHARED_MACHINE = (
+    "measured on a shared 2-core machine (other engineers ran tests); "
+    "compare the ratios of figures taken side by side in this one run"
+)
 
-def landed(inbox: Path, path: Path) -> Landed:
-    """What eventpipe's folder source reports for ``path``."""
-    return Landed(
-        uri=file_uri(path),
-        relative=path.relative_to(inbox).as_posix(),
-        size=path.stat().st_size,
-        fingerprint=file_digest(path),
-        source="local",
-        local_path=str(path),
-    )
+
+@dataclass(frozen=True)
+class Start:
+    """What a benchmark notes before it measures, to record with its results."""
+
+    git: dict[str, Any]
+    loadavg_1m: float
+
+
+def start_state() -> Start:
+    """The code about to be measured and the machine's load: call it first."""
+    return Start(git_state(), os.getloadavg()[0])
+
+
+def recorded(
+    body: Mapping[str, Any],
+    start: Start,
+    *,
+    note: str = SHARED_MACHINE,
+    machine_facts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``body`` and what every result file records: the date, the machine (``machine_facts``
+    added, e.g. library versions) and its load at start and end, the code at start and whether
+    it changed during the run, the command with its options, and ``note``."""
+    return {
+        **body,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            **machine(),
+            "cores": os.cpu_count(),
+            "loadavg_1m_at_start": start.loadavg_1m,
+            **(machine_facts or {}),
+        },
+        "git": start.git,
+        # Baseline runs import src afresh: an edit during the run changes what is measured.
+        "code_changed_during_run": start.git != git_state(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "eventpipe_imported_from": str(Path(demo.__file__).parent),
+        "note": note,
+    }
+
+
+def write_results(name: str | Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Write ``result`` (see :func:`recorded`) to ``bench/results/<name>.json``, or to ``name``
+    if it is a path; returns it."""
+    path = name if isinstance(name, Path) else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    if result.get("code_changed_during_run"):
+        print("warning: the working tree changed during the run; it measured more than one version")
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -316,14 +358,16 @@ def machine() -> dict[str, Any]:
 
 
 def git_state() -> dict[str, Any]:
-    """Which code was measured: the commit, and whether the working tree differed from it."""
+    """Which code was measured: the commit, and whether the working tree differed from it
+    (results files aside: the suite's scripts write them while it runs)."""
 
     def git(*argv: str) -> str:
         result = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
         return result.stdout.rstrip("\n")
 
+    code = ("--", ".", f":(exclude){RESULTS.relative_to(REPO)}")
     return {
         "commit": git("rev-parse", "HEAD"),
-        "dirty": git("status", "--porcelain").splitlines(),
-        "diff_sha256": hashlib.sha256(git("diff", "HEAD").encode()).hexdigest(),
+        "dirty": git("status", "--porcelain", *code).splitlines(),
+        "diff_sha256": hashlib.sha256(git("diff", "HEAD", *code).encode()).hexdigest(),
     }

@@ -15,9 +15,7 @@ and pandas are warm, waits for the analytics, lets it settle, then samples every
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -25,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +30,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the bench extra
 
 import harness
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results" / "idle.json"
+RESULTS = harness.RESULTS / "idle.json"
 GOAL_RSS_MB = 400.0
 GOAL_CPU_PERCENT = 2.0
 START_TIMEOUT = 240.0
@@ -234,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     window = args.seconds or (20.0 if args.quick else 60.0)
     settle = args.settle if args.settle is not None else (5.0 if args.quick else 15.0)
-    load_at_start = os.getloadavg()[0]
+    at_start = harness.start_state()
     root = Path(tempfile.mkdtemp(prefix="eventpipe-idle-")).resolve()
     print(f"working in {root}", flush=True)
     analytics = root / "data" / "analytics" / "demo" / "best_day.parquet"
@@ -267,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             shutil.rmtree(root, ignore_errors=True)
     rss_max = measured["rss_mb"]["max"]
     cpu = measured["cpu_percent_of_one_core"]
-    result: dict[str, object] = {
+    body: dict[str, object] = {
         "name": "idle",
         "measure": f"eventpipe up (demo pipeline, embedded server) at rest after {SAMPLES} files, "
         f"sampled every second for {window:.0f} s after {settle:.0f} s of rest: RSS summed "
@@ -292,19 +287,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "met": cpu < GOAL_CPU_PERCENT,
             },
         ],
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "prefect": version("prefect"),
-            "platform": platform.platform(),
-            "loadavg_1m_at_start": load_at_start,
-            "loadavg_1m_at_end": os.getloadavg()[0],
-            "shared": "other engineers ran tests on this 2-core machine at the same time; "
-            "the tree's own CPU seconds are counted, not the machine's load",
-        },
-        **harness.git_state(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    result = harness.recorded(
+        body,
+        at_start,
+        note="other engineers ran tests on this 2-core machine at the same time; "
+        "the tree's own CPU seconds are counted, not the machine's load",
+    )
     print(
         f"\nidle RSS max {rss_max:.0f} MB (median {measured['rss_mb']['median']:.0f} MB, "
         f"PSS max {measured['pss_mb']['max']:.0f} MB) over {measured['processes']} processes; "
@@ -313,10 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"goal {result['goal']}: {'met' if result['met'] else 'MISSED'}"
     )
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        body = {k: v for k, v in result.items()}
-        RESULTS.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {RESULTS}")
+        harness.write_results(RESULTS, result)
     return result
 
 

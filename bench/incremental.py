@@ -37,7 +37,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = harness.start_state()
+    at_start = harness.start_state()
     timings: dict[str, dict[int, list[tuple[float, float]]]] = {}
     with harness.prefect_server(NAME) as root:
         for form, pipeline in FORMS.items():
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "forms": figures,
         "goal": "ratio large / small <= 1.5",
     }
-    harness.write_results(NAME, result, code)
-    return result
+    return harness.write_results(NAME, harness.recorded(result, at_start))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ also holds Prefect's flow-run round trips to a server shared with the other engi
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import harness
+from eventpipe.ledger import Ledger
 
 NAME = "rerun"
 
@@ -36,8 +38,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def skipped_events(data: Path, since: float) -> list[dict[str, Any]]:
     """The ``eventpipe.asset.skipped`` events queued since ``since`` (the outbox keeps them)."""
-    from eventpipe.ledger import Ledger
-
     ledger = Ledger(data / "ledger.sqlite")
     try:
         rows = ledger._conn().execute(
@@ -45,8 +45,6 @@ def skipped_events(data: Path, since: float) -> list[dict[str, Any]]:
             " AND json_extract(body, '$.event') = 'eventpipe.asset.skipped'",
             (since,),
         )
-        import json
-
         return [json.loads(r[0]) for r in rows]
     finally:
         ledger.close()
@@ -54,7 +52,7 @@ def skipped_events(data: Path, since: float) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse(argv)
-    code = harness.start_state()
+    at_start = harness.start_state()
     spec = harness.spec("plain")
     with harness.prefect_server(NAME) as root:
         harness.warm(root, spec)
@@ -128,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "ratio_nothing_pending_wall": rows["nothing pending"][0] / full_wall,
         "goal": "no-change run <= 5 % of the full run",
     }
-    harness.write_results(NAME, result, code)
-    return result
+    return harness.write_results(NAME, harness.recorded(result, at_start))
 
 
 if __name__ == "__main__":

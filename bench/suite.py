@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,9 +34,7 @@ from typing import Any
 
 import harness
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-RESULTS = BENCH / "results"
+BENCH, REPO, RESULTS = harness.BENCH, harness.REPO, harness.RESULTS
 
 NUMBERS = {
     "freshness": "1",
@@ -79,7 +75,7 @@ import importlib.util, json, sys
 from pathlib import Path
 
 script, out, argv = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-sys.path.insert(0, str(script.parent))
+sys.path.insert(0, str(script.parent))  # as `python bench/x.py` has it: `import harness`
 sys.argv = [str(script), *argv]
 spec = importlib.util.spec_from_file_location(script.stem, script)
 module = importlib.util.module_from_spec(spec)
@@ -420,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         return {"name": "suite", "rows": [asdict(r) for r in rows]}
 
     started = time.monotonic()
-    load_at_start = os.getloadavg()[0]
+    at_start = harness.start_state()
     outcomes: dict[str, Outcome] = {}
     fresh: dict[str, dict[str, Any]] = {}
     for name in NUMBERS:
@@ -435,28 +431,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows = collect(outcomes, fresh)
     image = None if args.no_plot else render_plot()
     table = markdown_table(rows)
-    suite: dict[str, object] = {
+    body: dict[str, object] = {
         "name": "suite",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "ran": {name: asdict(o) for name, o in outcomes.items()},
         "rows": [asdict(r) for r in rows],
         "markdown": table,
         "plot": image,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg_1m_at_start": load_at_start,
-            "loadavg_1m_at_end": os.getloadavg()[0],
-            "shared": "a 2-core machine shared with other engineers' test runs: each script "
-            "interleaves what it compares and reports medians and ratios",
-        },
-        **harness.git_state(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
+    note = (
+        "a 2-core machine shared with other engineers' test runs: each script "
+        "interleaves what it compares and reports medians and ratios"
+    )
+    suite = harness.write_results("suite", harness.recorded(body, at_start, note=note))
     print()
     print(text_table(rows))
     for outcome in outcomes.values():
@@ -464,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(f"note: {outcome.name} {outcome.status}: {outcome.note}")
     if image:
         print(f"plot: {image}")
-    print(f"wrote {RESULTS / 'suite.json'}; `bench/suite.py --markdown` prints the README table")
+    print(f"results in {RESULTS}; `bench/suite.py --markdown` prints the README table")
     return suite
 
 

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -37,10 +34,12 @@ from typing import Any
 import pandas as pd
 
 import harness
+from eventpipe.intake.record import record
+from eventpipe.ledger import Ledger
 from eventpipe.pipeline import Pipeline
+from eventpipe.testing import configure_prefect_env
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results" / "throughput.json"
+RESULTS = harness.RESULTS / "throughput.json"
 CACHE = Path(
     os.environ.get("EVENTPIPE_BENCH_CACHE") or Path(tempfile.gettempdir()) / "eventpipe-bench"
 )
@@ -104,25 +103,12 @@ def spec() -> str:
 def run_flow_once(csv: Path, work: Path) -> dict[str, Any]:
     """Record ``csv`` in a fresh ledger and materialize it with a real flow run; returns the
     run's summary (its ``stage_seconds`` say where the time went)."""
-    from eventpipe.core.keys import file_uri
-    from eventpipe.core.models import Landed
-    from eventpipe.core.storage import file_digest
-    from eventpipe.intake.record import record
-    from eventpipe.ledger import Ledger
-    from eventpipe.run.flow import materialize_pipeline
+    from eventpipe.run.flow import materialize_pipeline  # Prefect: after configure_prefect_env
 
     data = work / "data"
     ledger = Ledger(data / "ledger.sqlite")
     try:
-        landed = Landed(
-            uri=file_uri(csv),
-            relative=csv.name,
-            size=csv.stat().st_size,
-            fingerprint=file_digest(csv),
-            source="local",
-            local_path=str(csv),
-        )
-        record(ledger, pipeline.name, landed)
+        record(ledger, pipeline.name, harness.landed(csv.parent, csv))
     finally:
         ledger.close()
     started = time.perf_counter()
@@ -257,20 +243,8 @@ def stage_breakdown(details: list[object]) -> dict[str, float]:
     return {stage: statistics.median(values) for stage, values in stages.items()}
 
 
-def machine(load_at_start: float) -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "pandas": version("pandas"),
-        "pyarrow": version("pyarrow"),
-        "duckdb": version("duckdb"),
-        "prefect": version("prefect"),
-        "platform": platform.platform(),
-        "loadavg_1m_at_start": load_at_start,
-        "loadavg_1m_at_end": os.getloadavg()[0],
-        "shared": "other engineers ran tests on this 2-core machine at the same time: "
-        "compare the ways within this run (medians, ratios), not across runs",
-    }
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in ("pandas", "pyarrow", "duckdb")}
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -288,13 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    import json
-
-    from eventpipe.testing import configure_prefect_env
-
     args = parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)
-    load_at_start = os.getloadavg()[0]
+    at_start = harness.start_state()
     started = time.monotonic()
     csv = sample_csv(args.rows)
     print(f"input {csv} ({csv.stat().st_size / 1e6:.1f} MB, {args.rows} rows)", flush=True)
@@ -312,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     found = figures(args.rows, seconds)
     ratio = found["ratio_vs_duckdb"]["flow_run"]
     one_thread = found["ratio_vs_duckdb"]["duckdb_1_thread"]
-    result: dict[str, object] = {
+    body: dict[str, object] = {
         "name": "throughput",
         "measure": "raw CSV -> processed parquet, rows per second (rows / median seconds of "
         f"{reps} interleaved rounds), eventpipe vs DuckDB COPY on the same file",
@@ -356,17 +326,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "met": None,
             },
         ],
-        "machine": machine(load_at_start),
-        **harness.git_state(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+    result = harness.recorded(
+        body,
+        at_start,
+        note="other engineers ran tests on this 2-core machine at the same time: "
+        "compare the ways within this run (medians, ratios), not across runs",
+        machine_facts=library_versions(),
+    )
     print_summary(result)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {RESULTS}")
+        harness.write_results(RESULTS, result)
     return result
 
 

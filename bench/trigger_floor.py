@@ -10,7 +10,6 @@ POSTed every ~1.3 s, and the time until the server has created the run. Whatever
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -20,15 +19,17 @@ from pathlib import Path
 
 import httpx
 
+import harness
 from eventpipe.testing import configure_prefect_env
 
-RESULTS = Path(__file__).resolve().parent / "results" / "trigger_floor.json"
+RESULTS = harness.RESULTS / "trigger_floor.json"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30)
     args = parser.parse_args()
+    at_start = harness.start_state()
     # Before Prefect is imported: it reads its settings from the environment at import.
     server = configure_prefect_env(Path(tempfile.mkdtemp(prefix="eventpipe-floor-")))
     server.start()
@@ -43,21 +44,14 @@ def main() -> None:
         f"event -> run created: n={len(latencies)} p50={statistics.median(latencies):.3f} s "
         f"p95={p95:.3f} s max={ordered[-1]:.3f} s; over 1 s: {stalls}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "measure": "seconds from POST /api/events until the trigger's flow run exists",
-                "latencies": latencies,
-                "p50": statistics.median(latencies),
-                "p95": p95,
-                "over_1s": stalls,
-                "date": datetime.now(UTC).isoformat(),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    body = {
+        "measure": "seconds from POST /api/events until the trigger's flow run exists",
+        "latencies": latencies,
+        "p50": statistics.median(latencies),
+        "p95": p95,
+        "over_1s": stalls,
+    }
+    harness.write_results(RESULTS, harness.recorded(body, at_start))
 
 
 def measure(api_url: str, count: int) -> list[float]:

@@ -3,8 +3,17 @@ bench script's ``main(argv) -> dict`` result reaches it through a fresh interpre
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from bench import suite
+
+import harness
+
+SCRIPTS = sorted(p.stem for p in harness.BENCH.glob("*.py"))
 
 
 def test_a_figure_not_measured_yet_is_a_placeholder_row() -> None:
@@ -105,3 +114,40 @@ def test_the_readme_table_is_replaced_between_its_marks() -> None:
     assert suite.with_table(readme, "| new |") == (
         f"intro\n{suite.README_BEGIN}\n| new |\n{suite.README_END}\nrest\n"
     )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_importing_a_bench_script_leaves_prefect_unimported(script: str) -> None:
+    """Each script points Prefect at its own server in ``main``: Prefect reads its settings
+    once, so nothing it imports at module level may import Prefect first."""
+    probe = f"import sys; import {script}; print('prefect' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=harness.BENCH,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+    assert done.stdout.strip() == "False"
+
+
+def test_a_result_file_records_the_code_the_machine_and_the_command(tmp_path: Path) -> None:
+    at_start = harness.start_state()
+
+    written = harness.write_results(
+        tmp_path / "x.json", harness.recorded({"figures": []}, at_start, note="n")
+    )
+
+    stored = json.loads((tmp_path / "x.json").read_text(encoding="utf-8"))
+    assert stored == written
+    assert stored["figures"] == []
+    assert stored["git"] == at_start.git
+    assert len(stored["git"]["commit"]) == 40
+    assert isinstance(stored["git"]["dirty"], list)
+    assert stored["machine"]["loadavg_1m_at_start"] == at_start.loadavg_1m
+    assert "loadavg_1m_at_end" in stored["machine"]
+    assert stored["command"].startswith(Path(sys.executable).name)
+    assert stored["note"] == "n"
+    assert suite.result_date(stored) == stored["date"][:10]

@@ -3,6 +3,7 @@ server-facing calls are plain stand-ins that record what was asked of them."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from eventpipe.core.names import ASSET_STALE
 from eventpipe.ledger import AssetRow, Ledger
 from eventpipe.loop.stale import StaleReporter
-from eventpipe.orchestration.janitor import HereJanitor, Tended, WorkerJanitor
+from eventpipe.orchestration.janitor import FoundDeployment, HereJanitor, Tended, WorkerJanitor
 from eventpipe.testing import land_file
 
 PIPELINE = "sales"
@@ -58,7 +59,7 @@ class Server:
     orphaned: list[str] = field(default_factory=list)
     over: set[str] = field(default_factory=set)
     active: bool = False
-    deployment: object | None = None
+    deployment: FoundDeployment | None = None
     crashed_for: list[UUID] = field(default_factory=list)
     started: list[UUID] = field(default_factory=list)
 
@@ -83,20 +84,16 @@ def here(ledger: Ledger, runner: Runner, server: Server, deployment_id: UUID) ->
     )
 
 
-@dataclass(frozen=True)
-class Found:
-    id: UUID
-    work_pool_name: str
+def found(deployment_id: UUID | None = None, *problems: str) -> FoundDeployment:
+    return FoundDeployment(deployment_id or uuid4(), "pool", problems)
 
 
-def workers(ledger: Ledger, server: Server, data: Path) -> WorkerJanitor:
+def workers(ledger: Ledger, server: Server) -> WorkerJanitor:
     return WorkerJanitor(
         ledger=ledger,
         pipeline=PIPELINE,
-        data=data,
         sweep_seconds=SWEEP,
-        find=lambda name: server.deployment,
-        problems=lambda found, name, data: [],
+        find=lambda: server.deployment,
         finished=lambda ids: ids & server.over,
         active=lambda deployment_id: server.active,
         start_run=server.start_run,
@@ -146,11 +143,35 @@ def test_nothing_is_touched_while_a_run_executes_here(ledger: Ledger, tmp_path: 
     assert {f.state for f in ledger.files(PIPELINE)} == {"processing"}
 
 
-def test_a_paused_deployment_rests(ledger: Ledger) -> None:
+def test_nothing_is_touched_while_the_runner_is_paused(ledger: Ledger, tmp_path: Path) -> None:
+    seen = land(ledger, tmp_path / "inbox", "a.csv")
+    ledger.claim_pending(PIPELINE, "run-left")
+    server = Server(orphaned=["run-left"])
     runner = Runner(paused=True)
-    assert here(ledger, runner, Server(), uuid4()).resting
+    janitor = here(ledger, runner, server, uuid4())
+
+    assert janitor.resting  # the tending thread skips the stale check as well
+    assert janitor.tend_once(seen + 10 * SWEEP) == Tended()
+    assert server.crashed_for == []
+    assert server.started == []
     runner.paused = False
-    assert not here(ledger, runner, Server(), uuid4()).resting
+    assert not janitor.resting
+
+
+def test_on_start_runs_left_by_a_killed_process_are_crashed_and_their_files_retried(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    land(ledger, tmp_path / "inbox", "a.csv")
+    ledger.claim_pending(PIPELINE, "run-killed")
+    server = Server(orphaned=["run-killed"])
+    deployment = uuid4()
+
+    done = here(ledger, Runner(), server, deployment).recover_on_start()
+
+    assert done == Tended(crashed=("run-killed",), reclaimed=1)
+    assert server.crashed_for == [deployment]
+    assert server.started == []  # the loop asks for a run itself once its runner listens
+    assert {f.state for f in ledger.files(PIPELINE)} == {"landed"}
 
 
 # -- runs on Prefect workers -------------------------------------------------------------------
@@ -161,9 +182,9 @@ def test_files_of_a_run_that_is_over_go_back_to_pending(ledger: Ledger, tmp_path
     ledger.claim_pending(PIPELINE, "run-crashed")
     land(ledger, tmp_path / "inbox", "b.csv")
     ledger.claim_pending(PIPELINE, "run-running")
-    server = Server(over={"run-crashed"}, active=True, deployment=Found(uuid4(), "pool"))
+    server = Server(over={"run-crashed"}, active=True, deployment=found())
 
-    done = workers(ledger, server, tmp_path).tend_once(time.time())
+    done = workers(ledger, server).tend_once(time.time())
 
     assert done == Tended(reclaimed=1, requested=False)
     states = {f.relative: f.state for f in ledger.files(PIPELINE)}
@@ -173,8 +194,8 @@ def test_files_of_a_run_that_is_over_go_back_to_pending(ledger: Ledger, tmp_path
 def test_a_run_is_requested_only_when_none_is_on_its_way(ledger: Ledger, tmp_path: Path) -> None:
     seen = land(ledger, tmp_path / "inbox", "a.csv")
     deployment = uuid4()
-    server = Server(active=True, deployment=Found(deployment, "pool"))
-    janitor = workers(ledger, server, tmp_path)
+    server = Server(active=True, deployment=found(deployment))
+    janitor = workers(ledger, server)
 
     assert not janitor.tend_once(seen + SWEEP + 1).requested  # a run is scheduled already
     server.active = False
@@ -184,16 +205,24 @@ def test_a_run_is_requested_only_when_none_is_on_its_way(ledger: Ledger, tmp_pat
     assert server.started == [deployment, deployment]
 
 
-def test_until_the_deployment_exists_files_wait(ledger: Ledger, tmp_path: Path) -> None:
+def test_until_the_deployment_exists_files_wait(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     seen = land(ledger, tmp_path / "inbox", "a.csv")
     server = Server()
-    janitor = workers(ledger, server, tmp_path)
+    janitor = workers(ledger, server)
+    caplog.set_level(logging.WARNING, logger="eventpipe")
 
     assert not janitor.tend_once(seen + 10 * SWEEP, starting=True).requested
-    assert janitor.deployment.id is None
-    server.deployment = Found(uuid4(), "pool")
-    assert janitor.tend_once(seen + 10 * SWEEP).requested
-    assert janitor.deployment.work_pool == "pool"
+    assert not janitor.tend_once(seen + 11 * SWEEP).requested
+    assert janitor.deployment is None
+    missing = [r for r in caplog.records if "no deployment materialize/sales" in r.message]
+    assert len(missing) == 1  # said once, not every sweep
+
+    server.deployment = found(None, "it is paused: `prefect deployment resume` it")
+    assert janitor.tend_once(seen + 12 * SWEEP).requested
+    assert janitor.deployment == server.deployment
+    assert "deployment materialize/sales: it is paused" in caplog.text
 
 
 # -- stale analytics -----------------------------------------------------------------------

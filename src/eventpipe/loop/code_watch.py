@@ -22,19 +22,20 @@ class CodeWatcher:
         self._stop = stop
 
     def start(self) -> CodeWatcher:
-        if self.source is not None:
-            threading.Thread(target=self._run, name="eventpipe-code", daemon=True).start()
+        if self.source is not None:  # no file defines the pipeline: nothing to watch
+            threading.Thread(
+                target=self._run, args=(self.source,), name="eventpipe-code", daemon=True
+            ).start()
         return self
 
-    def _run(self) -> None:
-        assert self.source is not None  # start() runs this only for a file
-        last = _mtime(self.source)
+    def _run(self, source: Path) -> None:
+        last = _mtime(source)
         while not self._stop.wait(1.0):
-            now = _mtime(self.source)
+            now = _mtime(source)
             if now == last:
                 continue
             last = now
-            log.info("pipeline code changed (%s); recomputing what depends on it", self.source)
+            log.info("pipeline code changed (%s); recomputing what depends on it", source)
             try:
                 self.on_change()
             except Exception as exc:

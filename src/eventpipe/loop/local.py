@@ -37,7 +37,8 @@ log = logging.getLogger("eventpipe")
 
 @dataclass(frozen=True)
 class Started:
-    """What ``start`` brought up, in order; ``stop`` takes it down in reverse."""
+    """The services ``start`` built, in the order it starts them; ``stop`` stops them in
+    reverse. Built once the server, the ledger and the pump are up."""
 
     server: EmbeddedServer | None
     pipeline: Pipeline
@@ -45,6 +46,9 @@ class Started:
     pump: OutboxPump
     runs: RunsHere | RunsOnWorkers
     fetches: FetchScheduler | None
+    """Only when runs are here: workers execute no fetch."""
+    intake: Intake | None
+    """None with ``start(watch=False)``."""
 
 
 class LocalLoop:
@@ -62,7 +66,6 @@ class LocalLoop:
         self.spec = absolute_spec(self.settings.pipeline)
         self.started: Started | None = None
         self._stop = threading.Event()
-        self._intake: Intake | None = None
         self._server: EmbeddedServer | None = None
         """The embedded server from the moment it starts: stopped even if start fails later."""
 
@@ -167,23 +170,23 @@ class LocalLoop:
             if self.runs_here
             else None
         )
-        self.started = Started(server, pipeline, ledger, pump, runs, fetches)
+        intake = (
+            Intake(s, pipeline=pipeline.name, ledger=ledger, poke=pump.poke, stop=self._stop)
+            if watch
+            else None
+        )
+        self.started = Started(server, pipeline, ledger, pump, runs, fetches, intake)
         runs.start()
         self.apply_automations()
         if fetches is not None:
             fetches.start()
-        if watch:
-            self._intake = Intake(
-                s, pipeline=pipeline.name, ledger=ledger, poke=pump.poke, stop=self._stop
-            ).start()
+        if intake is not None:
+            intake.start()
         CodeWatcher(pipeline_source(self.spec), on_change=self.kick, stop=self._stop).start()
-        if runs.janitor is not None:
-            stale = StaleReporter(
-                ledger=ledger, pipeline=pipeline.name, stale_minutes=s.stale_minutes, poke=pump.poke
-            )
-            Tending(
-                janitor=runs.janitor, stale=stale, every=s.sweep_seconds, stop=self._stop
-            ).start()
+        stale = StaleReporter(
+            ledger=ledger, pipeline=pipeline.name, stale_minutes=s.stale_minutes, poke=pump.poke
+        )
+        Tending(janitor=runs.janitor, stale=stale, every=s.sweep_seconds, stop=self._stop).start()
         return self
 
     def apply_automations(self) -> list[tuple[str, str]]:
@@ -219,14 +222,15 @@ class LocalLoop:
         harmless."""
         if self._stop.is_set():
             return
-        self._stop.set()
-        if self._intake is not None:
-            self._intake.join()
+        self._stop.set()  # the watcher, the code watcher and the tending thread end
         started = self.started
         if started is None:  # start failed before the services were up
             if self._server is not None:
                 self._server.stop()
             return
+        if started.intake is not None:
+            started.intake.join()
+        started.runs.pause()  # first: no run is triggered while the runners finish theirs
         if started.fetches is not None:
             started.fetches.stop()
         started.runs.stop()

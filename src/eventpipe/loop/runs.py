@@ -15,13 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from eventpipe.ledger import Ledger
 from eventpipe.orchestration import deploy
-from eventpipe.orchestration.janitor import HereJanitor, Janitor, WorkerJanitor
+from eventpipe.orchestration.janitor import FoundDeployment, HereJanitor, WorkerJanitor
 from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs
+from eventpipe.orchestration.worker_deployment import (
+    deployment_problems,
+    find_deployment,
+    finished_runs,
+    has_active_run,
+)
 from eventpipe.pipeline import Pipeline
 from eventpipe.run.compute import warm_up
 from eventpipe.run.dask import LocalDask
@@ -51,8 +58,9 @@ class RunsHere:
         self.deployment_id: UUID | None = None
         self.work_pool: str | None = None
         self.runner: PushRunner | None = None
-        self.janitor: Janitor | None = None
+        self._janitor: HereJanitor | None = None
         self._dask: LocalDask | None = None
+        self._paused = False
 
     def start(self) -> RunsHere:
         s, name = self.settings, self.pipeline.name
@@ -65,30 +73,33 @@ class RunsHere:
             self.pipeline, self.spec, s.data, s.publish_options(), task_runner
         )
         self.deployment_id = deployment_id
-        crashed = crash_orphaned_runs(deployment_id)
-        if crashed:
-            log.warning("marked run(s) left by a stopped eventpipe as Crashed: %s", crashed)
-        recovered = self.ledger.reclaim_stale(name)
-        if recovered:
-            log.warning(
-                "%d file(s) were being processed when eventpipe stopped; retrying", recovered
-            )
-        self.runner = PushRunner(
+        runner = PushRunner(
             materialize_pipeline,
             deployment_id,
             sweep_seconds=s.sweep_seconds,
             on_finished=self._finished,
-        ).start()
-        self.janitor = HereJanitor(
+        )
+        janitor = HereJanitor(
             ledger=self.ledger,
             pipeline=name,
             deployment_id=deployment_id,
-            runner=self.runner,
+            runner=runner,
             sweep_seconds=s.sweep_seconds,
+            crash_runs=crash_orphaned_runs,
+            start_run=deploy.request_run,
         )
+        janitor.recover_on_start()
+        self.runner = runner.start()
+        self._janitor = janitor
         if self.ledger.counts(name).keys() & {"landed", "sent"}:
             deploy.request_run(deployment_id)
         return self
+
+    @property
+    def janitor(self) -> HereJanitor:
+        if self._janitor is None:
+            raise RuntimeError("the runs are not started")
+        return self._janitor
 
     @property
     def task_runner_description(self) -> str:
@@ -99,13 +110,20 @@ class RunsHere:
         if self.on_run is not None:
             self.on_run(run.name, state)
 
+    def pause(self) -> None:
+        """Pause the deployment and its trigger (a paused deployment's trigger would still
+        create runs), so no run is triggered while the runners finish theirs."""
+        if self.deployment_id is None or self._paused:
+            return
+        self._paused = True
+        try:
+            deploy.set_paused(self.deployment_id, paused=True)
+        except Exception as exc:
+            log.warning("could not pause the deployment: %s", exc)
+
     def stop(self) -> None:
-        """Pause the deployment and its trigger, let the current run finish."""
-        if self.deployment_id is not None:
-            try:
-                deploy.set_paused(self.deployment_id, paused=True)
-            except Exception as exc:
-                log.warning("could not pause the deployment: %s", exc)
+        """Pause the deployment (if not yet), let the current run finish, close the cluster."""
+        self.pause()
         if self.runner is not None:
             self.runner.paused = True
             self.runner.stop()
@@ -119,31 +137,45 @@ class RunsOnWorkers:
     def __init__(self, settings: Settings, *, pipeline: Pipeline, ledger: Ledger) -> None:
         self.settings = settings
         self.runner: PushRunner | None = None
-        self.worker_janitor = WorkerJanitor(
+        name, data = pipeline.name, settings.data
+        self.janitor = WorkerJanitor(
             ledger=ledger,
-            pipeline=pipeline.name,
-            data=settings.data,
+            pipeline=name,
             sweep_seconds=settings.sweep_seconds,
+            find=lambda: _find_deployment(name, data),
+            finished=finished_runs,
+            active=has_active_run,
+            start_run=deploy.request_run,
         )
-        self.janitor: Janitor | None = self.worker_janitor
 
     def start(self) -> RunsOnWorkers:
-        self.worker_janitor.look_up_deployment()
-        self.worker_janitor.tend_once(time.time(), starting=True)
+        self.janitor.look_up_deployment()
+        self.janitor.tend_once(time.time(), starting=True)
         return self
 
     @property
     def deployment_id(self) -> UUID | None:
-        return self.worker_janitor.deployment.id
+        return self.janitor.deployment.id if self.janitor.deployment else None
 
     @property
     def work_pool(self) -> str | None:
-        return self.worker_janitor.deployment.work_pool
+        return self.janitor.deployment.work_pool if self.janitor.deployment else None
 
     @property
     def task_runner_description(self) -> str:
         return self.settings.task_runner
 
-    def stop(self) -> None:
-        """Nothing to stop: the deployment is `prefect deploy`'s, shared with other watchers
+    def pause(self) -> None:
+        """Nothing to pause: the deployment is `prefect deploy`'s, shared with other watchers
         and runs by other workers; it stays as it is."""
+
+    def stop(self) -> None:
+        """Nothing to stop: no run executes here."""
+
+
+def _find_deployment(pipeline: str, data: Path) -> FoundDeployment | None:
+    found = find_deployment(pipeline)
+    if found is None:
+        return None
+    problems = deployment_problems(found, pipeline, data)
+    return FoundDeployment(found.id, found.work_pool_name, tuple(problems))

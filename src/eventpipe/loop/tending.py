@@ -7,12 +7,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from eventpipe.loop.stale import StaleReporter
-
-if TYPE_CHECKING:  # the janitors import Prefect, which this module must not load early
-    from eventpipe.orchestration.janitor import Janitor
+from eventpipe.orchestration.janitor import Janitor
 
 log = logging.getLogger("eventpipe")
 

@@ -9,8 +9,9 @@ crash or a lost event left behind. One per way runs are executed:
   requested when files waited a whole sweep (or are found on start) and none is on its way.
 
 ``tend_once(now)`` decides and acts once; the loop that calls it every sweep is elsewhere
-(``eventpipe.loop.tending``), so a test calls ``tend_once`` on a real ledger with plain
-stand-ins for the server-facing calls, which are passed in as keyword arguments.
+(``eventpipe.loop.tending``). Every server-facing call is a required keyword argument and
+this module imports no Prefect, so a test calls ``tend_once`` on a real ledger with plain
+stand-ins and no server; ``eventpipe.loop.runs`` passes in the real calls.
 """
 
 from __future__ import annotations
@@ -18,20 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 from eventpipe.ledger import Ledger
-from eventpipe.orchestration.deploy import request_run
-from eventpipe.orchestration.runner import crash_orphaned_runs
-from eventpipe.orchestration.worker_deployment import (
-    deployment_problems,
-    find_deployment,
-    finished_runs,
-    has_active_run,
-)
 
 log = logging.getLogger("eventpipe")
 
@@ -49,6 +41,8 @@ class Tended:
 
 
 class Janitor(Protocol):
+    """What the tending thread calls every sweep."""
+
     @property
     def resting(self) -> bool:
         """Whether to skip this sweep altogether (the deployment is paused)."""
@@ -78,8 +72,8 @@ class HereJanitor:
         deployment_id: UUID,
         runner: RunnerState,
         sweep_seconds: float,
-        crash_runs: Callable[[UUID], list[str]] = crash_orphaned_runs,
-        start_run: Callable[[UUID], None] = request_run,
+        crash_runs: Callable[[UUID], list[str]],
+        start_run: Callable[[UUID], None],
     ) -> None:
         self.ledger = ledger
         self.pipeline = pipeline
@@ -87,13 +81,29 @@ class HereJanitor:
         self.runner = runner
         self.sweep_seconds = sweep_seconds
         self.crash_runs = crash_runs
+        """Marks the deployment's Pending/Running runs Crashed; returns their names."""
         self.start_run = start_run
 
     @property
     def resting(self) -> bool:
         return self.runner.paused
 
+    def recover_on_start(self) -> Tended:
+        """Before the runner starts, no run of the deployment can be executing: a
+        Pending/Running one, and the files it claimed, are left by a process that was killed."""
+        crashed = tuple(self.crash_runs(self.deployment_id))
+        if crashed:
+            log.warning("marked run(s) left by a stopped eventpipe as Crashed: %s", list(crashed))
+        reclaimed = self.ledger.reclaim_stale(self.pipeline)
+        if reclaimed:
+            log.warning(
+                "%d file(s) were being processed when eventpipe stopped; retrying", reclaimed
+            )
+        return Tended(crashed, reclaimed)
+
     def tend_once(self, now: float) -> Tended:
+        if self.runner.paused:  # stopping: scheduled runs are left alone, so is everything
+            return Tended()
         # Under the lock no run can be claimed or claim files meanwhile: while nothing runs
         # here, a Pending/Running run of this deployment is one nobody executes.
         with self.runner.current_lock:
@@ -115,13 +125,14 @@ class HereJanitor:
         return Tended(crashed, reclaimed, requested)
 
 
-@dataclass
-class WorkerDeployment:
-    """What the watcher knows of the deployment ``prefect deploy`` registered."""
+@dataclass(frozen=True)
+class FoundDeployment:
+    """The deployment ``prefect deploy`` registered, as the watcher sees it."""
 
-    id: UUID | None = None
-    work_pool: str | None = None
-    told_missing: bool = field(default=False, repr=False)
+    id: UUID
+    work_pool: str | None
+    problems: tuple[str, ...] = ()
+    """What in it disagrees with this watcher (``worker_deployment.deployment_problems``)."""
 
 
 class WorkerJanitor:
@@ -132,24 +143,24 @@ class WorkerJanitor:
         *,
         ledger: Ledger,
         pipeline: str,
-        data: Path,
         sweep_seconds: float,
-        find: Callable[[str], Any] = find_deployment,
-        problems: Callable[[Any, str, Path], list[str]] = deployment_problems,
-        finished: Callable[[set[str]], set[str]] = finished_runs,
-        active: Callable[[UUID], bool] = has_active_run,
-        start_run: Callable[[UUID], None] = request_run,
+        find: Callable[[], FoundDeployment | None],
+        finished: Callable[[set[str]], set[str]],
+        active: Callable[[UUID], bool],
+        start_run: Callable[[UUID], None],
     ) -> None:
         self.ledger = ledger
         self.pipeline = pipeline
-        self.data = data
         self.sweep_seconds = sweep_seconds
         self.find = find
-        self.problems = problems
+        """Deployment ``materialize/<pipeline>``, or None while it does not exist."""
         self.finished = finished
+        """Those of the given run ids that are over (or unknown to the server)."""
         self.active = active
+        """Whether a run of the deployment is scheduled, pending or running."""
         self.start_run = start_run
-        self.deployment = WorkerDeployment()
+        self.deployment: FoundDeployment | None = None
+        self._told_missing = False
 
     @property
     def resting(self) -> bool:
@@ -158,18 +169,18 @@ class WorkerJanitor:
     def look_up_deployment(self) -> None:
         """Find the deployment `prefect deploy` registered; say what is wrong with it, if
         anything. Until it exists, files are recorded and wait."""
-        found = self.find(self.pipeline)
+        found = self.find()
         if found is None:
-            if not self.deployment.told_missing:
-                self.deployment.told_missing = True
+            if not self._told_missing:
+                self._told_missing = True
                 log.warning(
                     "no deployment materialize/%s on the server yet: run `prefect deploy` (see"
                     " prefect.yaml); files are recorded and wait for it",
                     self.pipeline,
                 )
             return
-        self.deployment.id, self.deployment.work_pool = found.id, found.work_pool_name
-        for problem in self.problems(found, self.pipeline, self.data):
+        self.deployment = found
+        for problem in found.problems:
             log.warning("deployment materialize/%s: %s", self.pipeline, problem)
 
     def tend_once(self, now: float, *, starting: bool = False) -> Tended:
@@ -177,32 +188,35 @@ class WorkerJanitor:
         Failed, Cancelled, or gone from the server); a run is requested only when files have
         waited a whole sweep (or are found on start) and no run of the deployment is
         scheduled, pending or running."""
-        if self.deployment.id is None:
+        if self.deployment is None:
             self.look_up_deployment()
+        reclaimed = self._reclaim_files_of_runs_that_are_over()
+        oldest = self.ledger.oldest_pending(self.pipeline)
+        deployment = self.deployment
+        if (
+            oldest is None
+            or deployment is None
+            or not (starting or now - oldest > self.sweep_seconds)
+            or self.active(deployment.id)
+        ):
+            return Tended(reclaimed=reclaimed)
+        log.warning("files wait with no run coming; requesting one")
+        self.start_run(deployment.id)
+        return Tended(reclaimed=reclaimed, requested=True)
+
+    def _reclaim_files_of_runs_that_are_over(self) -> int:
         claimed = {
             f.run_id
             for f in self.ledger.files(self.pipeline)
             if f.state == "processing" and f.run_id
         }
-        reclaimed = 0
-        if claimed:
-            over = self.finished(claimed)
-            reclaimed = self.ledger.reclaim_stale(self.pipeline, live_run_ids=claimed - over)
-            if reclaimed:
-                log.warning(
-                    "%d file(s) claimed by run(s) that ended without finishing them: retried",
-                    reclaimed,
-                )
-        oldest = self.ledger.oldest_pending(self.pipeline)
-        deployment_id = self.deployment.id
-        requested = (
-            oldest is not None
-            and deployment_id is not None
-            and (starting or now - oldest > self.sweep_seconds)
-            and not self.active(deployment_id)
-        )
-        if requested:
-            assert deployment_id is not None  # checked just above, for the type checker
-            log.warning("files wait with no run coming; requesting one")
-            self.start_run(deployment_id)
-        return Tended(reclaimed=reclaimed, requested=requested)
+        if not claimed:
+            return 0
+        over = self.finished(claimed)
+        reclaimed = self.ledger.reclaim_stale(self.pipeline, live_run_ids=claimed - over)
+        if reclaimed:
+            log.warning(
+                "%d file(s) claimed by run(s) that ended without finishing them: retried",
+                reclaimed,
+            )
+        return reclaimed
