@@ -26,7 +26,7 @@ from eventpipe.core.readers import SUFFIXES, suffix_of
 from eventpipe.core.storage import file_digest
 from eventpipe.intake.filters import InboxFilter
 
-log = logging.getLogger("eventpipe.sources.local")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

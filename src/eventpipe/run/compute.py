@@ -21,7 +21,7 @@ from eventpipe.exceptions import EventpipeError, RejectedInput
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext, TaskHome, cached_pipeline
 
-log = logging.getLogger("eventpipe.run")
+log = logging.getLogger(__name__)
 
 
 def check_schema(step: Step, frame: pd.DataFrame) -> None:

@@ -32,7 +32,7 @@ from eventpipe.run.tasks import (
     task_options,
 )
 
-log = logging.getLogger("eventpipe.run")
+log = logging.getLogger(__name__)
 
 
 def process_work(
