@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from eventpipe.exceptions import ConfigError, SourceError
 from eventpipe.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.intake.s3")
 
 
 INSTALL_HINT = "the S3 source needs boto3 and prefect-aws: pip install 'eventpipe[s3]'"

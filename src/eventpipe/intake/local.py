@@ -26,7 +26,7 @@ from eventpipe.core.readers import SUFFIXES, suffix_of
 from eventpipe.core.storage import file_digest
 from eventpipe.intake.filters import InboxFilter
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.sources.local")
 
 
 @dataclass(frozen=True)

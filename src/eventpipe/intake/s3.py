@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     pass
 from eventpipe.intake.aws import BucketLocation, _error_code
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.sources.s3")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,9 @@
 """The local loop, assembled: ``eventpipe up`` runs one; tests and benchmarks start one
 in-process. ``LocalLoop`` only starts services in order and stops them in reverse:
 
-    embedded server -> ledger + outbox pump -> runs (here: Dask cluster if any, deployment,
-    automations, push runner; or the view of a worker deployment, then automations) ->
-    fetches -> intake (watcher) -> code watcher -> tending (janitor + stale check, every
-    sweep)
-
-Two steps of ``stop`` come early on purpose: the deployment is paused before any runner
-finishes (no run is triggered meanwhile), and the outbox delivers before the Dask cluster
-closes (the events are out as soon as the runs are done).
+    embedded server -> ledger + outbox pump -> runs (here: deployment, push runner; or the
+    view of a worker deployment) -> automations -> fetches -> intake (watcher) -> code
+    watcher -> tending (janitor + stale check, every sweep)
 """
 
 from __future__ import annotations
@@ -30,10 +25,9 @@ from eventpipe.loop.stale import StaleReporter
 from eventpipe.loop.tending import Tending
 from eventpipe.orchestration.server import EmbeddedServer, configure_api
 from eventpipe.pipeline import Pipeline, absolute_spec, load_pipeline, pipeline_source
-from eventpipe.run.dask import LocalDask
 from eventpipe.settings import Settings
 
-if TYPE_CHECKING:  # these import Prefect, which start() loads only after configure_api
+if TYPE_CHECKING:
     from eventpipe.loop.fetches import FetchScheduler
     from eventpipe.loop.runs import RunsHere, RunsOnWorkers
     from eventpipe.orchestration.runner import PushRunner
@@ -50,8 +44,6 @@ class Started:
     pipeline: Pipeline
     ledger: Ledger
     pump: OutboxPump
-    dask: LocalDask | None
-    """Only with runs here and ``--task-runner dask``: one cluster for all runs, warm."""
     runs: RunsHere | RunsOnWorkers
     fetches: FetchScheduler | None
     """Only when runs are here: workers execute no fetch."""
@@ -162,21 +154,10 @@ class LocalLoop:
         s.data.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.in_data_dir(s.data)
         pump = OutboxPump(ledger, prefect_sender()).start()
-        dask = LocalDask(self.spec) if self.runs_here and s.task_runner == "dask" else None
         runs: RunsHere | RunsOnWorkers = (
-            RunsHere(
-                s,
-                pipeline=pipeline,
-                spec=self.spec,
-                ledger=ledger,
-                dask=dask,
-                on_deployed=self.apply_automations,
-                on_run=self.on_run,
-            )
+            RunsHere(s, pipeline=pipeline, spec=self.spec, ledger=ledger, on_run=self.on_run)
             if self.runs_here
-            else RunsOnWorkers(
-                s, pipeline=pipeline, ledger=ledger, on_deployed=self.apply_automations
-            )
+            else RunsOnWorkers(s, pipeline=pipeline, ledger=ledger)
         )
         fetches = (
             FetchScheduler(
@@ -194,8 +175,9 @@ class LocalLoop:
             if watch
             else None
         )
-        self.started = Started(server, pipeline, ledger, pump, dask, runs, fetches, intake)
-        runs.start()  # applies the automations once the deployment is known
+        self.started = Started(server, pipeline, ledger, pump, runs, fetches, intake)
+        runs.start()
+        self.apply_automations()
         if fetches is not None:
             fetches.start()
         if intake is not None:
@@ -253,8 +235,6 @@ class LocalLoop:
             started.fetches.stop()
         started.runs.stop()
         started.pump.stop()
-        if started.dask is not None:
-            started.dask.close()
         if started.server is not None:
             started.server.stop()
 

@@ -1,16 +1,13 @@
 """Who executes the deployment's runs, as two services with one shape:
 
 - :class:`RunsHere` (``--runs here``, the default): this process registers deployment
-  ``materialize/<pipeline>`` with its trigger and executes its runs warm in a push runner
-  (given the loop's Dask cluster, if any); on stop it pauses the deployment so triggered
-  runs don't pile up.
+  ``materialize/<pipeline>`` with its trigger and executes its runs warm in a push runner;
+  on stop it pauses the deployment so triggered runs don't pile up.
 - :class:`RunsOnWorkers` (``--runs worker``): Prefect workers execute the runs of the
   deployment ``prefect deploy`` registered; this process never registers, claims, executes
   or crashes a run, and leaves the deployment as it is on stop.
 
-Each gives the loop its janitor and the deployment's id (once known), and calls
-``on_deployed`` (the loop applies its paging automations) once the deployment is known:
-here before any run of it is started, so a first run that fails already pages.
+Each gives the loop its janitor and the deployment's id (once known).
 """
 
 from __future__ import annotations
@@ -42,8 +39,7 @@ log = logging.getLogger("eventpipe")
 
 
 class RunsHere:
-    """The deployment and its push runner; with ``--task-runner dask`` the runs' tasks go to
-    the warm cluster ``dask``."""
+    """The deployment, its push runner and (with ``--task-runner dask``) a warm cluster."""
 
     def __init__(
         self,
@@ -52,34 +48,31 @@ class RunsHere:
         pipeline: Pipeline,
         spec: str,
         ledger: Ledger,
-        dask: LocalDask | None,
-        on_deployed: Callable[[], object],
         on_run: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.spec = spec
         self.ledger = ledger
-        self.dask = dask
-        """Started here, after the warm-up, as the deployment is registered with its address;
-        the loop closes it, after the outbox has delivered the queued events."""
-        self.on_deployed = on_deployed
         self.on_run = on_run
         self.deployment_id: UUID | None = None
         self.work_pool: str | None = None
         self.runner: PushRunner | None = None
         self._janitor: HereJanitor | None = None
+        self._dask: LocalDask | None = None
         self._paused = False
 
     def start(self) -> RunsHere:
         s, name = self.settings, self.pipeline.name
         warm_up(self.spec)
-        task_runner = self.dask.start() if self.dask is not None else s.task_runner
+        task_runner = s.task_runner
+        if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
+            self._dask = LocalDask(self.spec)
+            task_runner = self._dask.start()
         deployment_id = deploy.register(
             self.pipeline, self.spec, s.data, s.publish_options(), task_runner
         )
         self.deployment_id = deployment_id
-        self.on_deployed()
         runner = PushRunner(
             materialize_pipeline,
             deployment_id,
@@ -111,7 +104,7 @@ class RunsHere:
     @property
     def task_runner_description(self) -> str:
         """Where the files' tasks run, for people."""
-        return self.dask.description if self.dask is not None else self.settings.task_runner
+        return self._dask.description if self._dask is not None else self.settings.task_runner
 
     def _finished(self, run: Any, state: Any) -> None:
         if self.on_run is not None:
@@ -129,26 +122,20 @@ class RunsHere:
             log.warning("could not pause the deployment: %s", exc)
 
     def stop(self) -> None:
-        """Pause the deployment (if not yet), let the current run finish."""
+        """Pause the deployment (if not yet), let the current run finish, close the cluster."""
         self.pause()
         if self.runner is not None:
             self.runner.paused = True
             self.runner.stop()
+        if self._dask is not None:
+            self._dask.close()
 
 
 class RunsOnWorkers:
     """The watcher's view of a deployment that Prefect workers execute."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        pipeline: Pipeline,
-        ledger: Ledger,
-        on_deployed: Callable[[], object],
-    ) -> None:
+    def __init__(self, settings: Settings, *, pipeline: Pipeline, ledger: Ledger) -> None:
         self.settings = settings
-        self.on_deployed = on_deployed
         self.runner: PushRunner | None = None
         name, data = pipeline.name, settings.data
         self.janitor = WorkerJanitor(
@@ -164,7 +151,6 @@ class RunsOnWorkers:
     def start(self) -> RunsOnWorkers:
         self.janitor.look_up_deployment()
         self.janitor.tend_once(time.time(), starting=True)
-        self.on_deployed()  # after the files found on start were tended, as it always was
         return self
 
     @property

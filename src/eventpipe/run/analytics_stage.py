@@ -18,7 +18,7 @@ from eventpipe.run.context import RunContext
 from eventpipe.run.outputs import publish
 from eventpipe.run.tasks import MAX_ASSET_DEPS, analytics, materializing_task, task_options
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.run")
 
 
 def run_analytics(run: RunContext, changed: dict[str, list[str]], logger: Any) -> None:

@@ -21,7 +21,7 @@ from eventpipe.exceptions import EventpipeError, RejectedInput
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext, TaskHome, cached_pipeline
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.run")
 
 
 def check_schema(step: Step, frame: pd.DataFrame) -> None:

@@ -4,6 +4,7 @@ the tasks by :func:`bound`), and the pipeline each process loads once."""
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from eventpipe.events.build import Built, asset_skipped_event, asset_updated_eve
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
 from eventpipe.run.artifacts import RunReport
+
+log = logging.getLogger("eventpipe.run")
+
 
 _loaded: dict[str, tuple[float, Pipeline]] = {}
 

@@ -28,7 +28,7 @@ from eventpipe.exceptions import ConfigError
 from eventpipe.run.compute import warm_up
 from eventpipe.settings import check_task_runner
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.cluster")
 
 INSTALL_HINT = "the Dask task runner needs the dask extra: pip install 'eventpipe[dask]'"
 

@@ -10,7 +10,7 @@ from prefect.settings import get_current_settings
 from eventpipe.events.outbox import EventSender, flush_outbox
 from eventpipe.ledger import Ledger
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.events")
 
 
 def prefect_sender() -> EventSender:

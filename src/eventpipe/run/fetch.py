@@ -12,6 +12,7 @@ always refers to content the ledger has.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,8 @@ from eventpipe.run.context import cached_pipeline
 from eventpipe.run.credentials import redact, revealing
 from eventpipe.run.deliver import deliver_now
 from eventpipe.run.failures import failure_reason, fetch_retryable
+
+log = logging.getLogger("eventpipe.fetch")
 
 
 @dataclass(frozen=True)

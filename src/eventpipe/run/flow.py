@@ -36,7 +36,7 @@ from eventpipe.run.mirror import BucketPublisher
 from eventpipe.run.outputs import restore_outputs
 from eventpipe.run.partition_stage import process_work
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.flows")
 
 
 @flow(name=names.MATERIALIZE_FLOW, persist_result=False)

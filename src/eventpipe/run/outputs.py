@@ -13,7 +13,7 @@ from eventpipe.ledger import AssetRow, FileRow
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.run")
 
 
 def publish(

@@ -32,7 +32,7 @@ from eventpipe.run.tasks import (
     task_options,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventpipe.run")
 
 
 def process_work(

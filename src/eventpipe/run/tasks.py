@@ -1,13 +1,13 @@
-"""The task bodies of a materialize run (raw, process, analytics) and the ``@materialize``
-tasks that run them.
+"""The task bodies of a materialize run and how their outputs are published.
 
 Kept apart from the flow module on purpose: Prefect may pickle the flow module by value (for
-``serve`` and workers), and the per-run state the tasks use (the run's context variable in
-``run.context``, the task templates here) must be imported there, not pickled.
+``serve`` and workers), and the per-run state here (a context variable, the task cache) must be
+imported there, not pickled.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from eventpipe.run.compute import (
 from eventpipe.run.context import RunContext, current_run
 from eventpipe.run.failures import not_rejected
 
+log = logging.getLogger("eventpipe.flows")
 MAX_ASSET_DEPS = 50
 
 
