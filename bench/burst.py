@@ -12,7 +12,6 @@ runs spent per stage (summed over their threads, so it can exceed the wall time)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -86,11 +85,7 @@ def burst(root: Path, api_url: str, size: int, timeout: float) -> dict[str, Any]
             )
         rows = ledger.files(name)
         completed = [
-            json.loads(r[0])["payload"]
-            for r in ledger._conn().execute(
-                "SELECT body FROM outbox WHERE json_extract(body, '$.event')"
-                " = 'eventpipe.pipeline.completed'"
-            )
+            body["payload"] for body in ledger.events_named("eventpipe.pipeline.completed")
         ]
         ledger.close()
     finally:

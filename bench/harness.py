@@ -142,16 +142,26 @@ def write_files(inbox: Path, start: int, count: int, rows: int = 50) -> list[Pat
     return [demo.write_sample(inbox, i, rows=rows) for i in range(start, start + count)]
 
 
-def land(data: Path, pipeline: str, inbox: Path, paths: list[Path]) -> None:
+def land(
+    data: Path, pipeline: str, inbox: Path, paths: list[Path], ledger_url: str | None = None
+) -> None:
     """Record ``paths`` in the ledger and send their events, as the watcher and its outbox
-    pump do (no deployment listens to them here: the benchmark runs the flow itself)."""
-    ledger = Ledger(data / "ledger.sqlite")
+    pump do (no deployment listens to them here: the benchmark runs the flow itself). The
+    ledger is ``data``'s SQLite file, or the database ``ledger_url`` names (a run finds that
+    one through ``EVENTPIPE_LEDGER``)."""
+    ledger = open_ledger(data, ledger_url)
     try:
         for path in paths:
             record(ledger, pipeline, landed(inbox, path))
         send_outbox(ledger)
     finally:
         ledger.close()
+
+
+def open_ledger(data: Path, ledger_url: str | None = None) -> Ledger:
+    """The ledger at ``ledger_url`` if given, else ``data``'s SQLite file (opened by path, as
+    an older eventpipe's ``Ledger`` is too: baseline runs)."""
+    return Ledger(ledger_url) if ledger_url else Ledger(data / "ledger.sqlite")
 
 
 def landed(inbox: Path, path: Path) -> Landed:
@@ -177,9 +187,9 @@ def send_outbox(ledger: Ledger) -> None:
         sender.close()
 
 
-def requeue_done(data: Path, pipeline: str) -> int:
+def requeue_done(data: Path, pipeline: str, ledger_url: str | None = None) -> int:
     """Make every done file pending again, unchanged: the next run finds nothing new."""
-    ledger = Ledger(data / "ledger.sqlite")
+    ledger = open_ledger(data, ledger_url)
     try:
 
         def event_for(row: Any) -> tuple[str, dict[str, Any]]:

@@ -13,7 +13,6 @@ also holds Prefect's flow-run round trips to a server shared with the other engi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -40,12 +39,7 @@ def skipped_events(data: Path, since: float) -> list[dict[str, Any]]:
     """The ``eventpipe.asset.skipped`` events queued since ``since`` (the outbox keeps them)."""
     ledger = Ledger(data / "ledger.sqlite")
     try:
-        rows = ledger._conn().execute(
-            "SELECT body FROM outbox WHERE created_at >= ?"
-            " AND json_extract(body, '$.event') = 'eventpipe.asset.skipped'",
-            (since,),
-        )
-        return [json.loads(r[0]) for r in rows]
+        return ledger.events_named("eventpipe.asset.skipped", since=since)
     finally:
         ledger.close()
 

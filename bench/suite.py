@@ -44,6 +44,8 @@ NUMBERS = {
     "burst": "5",
     "idle": "6",
     "dask_speedup": "+",
+    "fs_layer": "+",
+    "ledger_cost": "+",
 }
 """Each script, in the order the suite runs them, and its figure's number in issue 7."""
 
@@ -57,6 +59,19 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "dask_speedup": [
         ("100 files in one run, CPU-bound step: Dask vs threads", "uses all cores"),
         ("100 files in one run, light step (demo, 50 rows): Dask vs threads", "-"),
+    ],
+    "fs_layer": [
+        ("small parquet on S3 (moto), per file, median: pyarrow.fs vs s3fs", "-"),
+        ("list 300 objects, median: pyarrow.fs vs s3fs", "-"),
+        ("~5 MB parquet read (pq.read_table), median: pyarrow.fs vs s3fs", "-"),
+    ],
+    "ledger_cost": [
+        (
+            "ledger per file (record, mark sent, claim, finish, publish), median: "
+            "PostgreSQL vs SQLite",
+            "-",
+        ),
+        ("flow run per file, median: PostgreSQL vs SQLite", "-"),
     ],
 }
 """What each figure is, shown with "—" until its script has produced it."""

@@ -50,6 +50,16 @@ def prefect_server(pytestconfig: pytest.Config) -> EmbeddedServer:
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One real PostgreSQL (the machine's initdb/pg_ctl, 127.0.0.1, a free port) for the whole
+    session; take a database of your own on it with ``eventpipe.testing.fresh_database``."""
+    from eventpipe.testing import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ``moto_server`` (S3 + SQS over HTTP on 127.0.0.1) for the whole session."""
     from eventpipe.testing import moto_s3

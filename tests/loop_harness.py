@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ class Harness:
     def data(self) -> Path:
         return self.loop.settings.data
 
-    @property
+    @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.data / "ledger.sqlite")
+        """The loop's ledger (its data dir's file, or the database of setting ``ledger``)."""
+        return Ledger.of(self.loop.settings)
 
     def drop(self, name: str, content: str) -> Path:
         return drop_file(self.inbox, name, textwrap.dedent(content).lstrip())
@@ -165,15 +167,18 @@ def running_loop(
         "sweep_seconds": 5,
     }
     loop = LocalLoop(Settings(**{**test_settings, **settings})).start()
+    harness = Harness(
+        loop=loop,
+        server=server,
+        name=name,
+        root=root,
+        pipeline_file=pipeline_file,
+        flag=flag,
+        expects=expects,
+    )
     try:
-        yield Harness(
-            loop=loop,
-            server=server,
-            name=name,
-            root=root,
-            pipeline_file=pipeline_file,
-            flag=flag,
-            expects=expects,
-        )
+        yield harness
     finally:
         loop.stop()
+        if "ledger" in vars(harness):
+            harness.ledger.close()

@@ -116,9 +116,9 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     stale = loop.wait_events(lambda evs: len(evs) >= 1, "eventpipe.asset.stale")
     assert stale[0]["payload"]["files_behind"] >= 1
 
-    # Applying again updates the same five automations.
+    # Applying again finds the same five automations and changes none of them.
     again = loop.loop.apply_automations()
-    assert [what for _, what in again] == ["updated"] * 5
+    assert [what for _, what in again] == ["unchanged"] * 5
 
 
 def test_files_landing_with_no_run_coming_page_on_call(

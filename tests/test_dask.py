@@ -4,7 +4,6 @@ failures, events) is the one the default threads give."""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -91,10 +90,7 @@ class Run:
         return frame.sort_values("day", ignore_index=True)
 
     def outbox(self, name: str) -> list[dict[str, Any]]:
-        rows = self.ledger._conn().execute(
-            "SELECT body FROM outbox WHERE json_extract(body, '$.event') = ?", (name,)
-        )
-        return [json.loads(r[0]) for r in rows]
+        return self.ledger.events_named(name)
 
 
 def test_files_processed_on_a_dask_cluster_give_the_outcome_of_threads(

@@ -285,14 +285,6 @@ def cleaned(raw: pd.DataFrame) -> pd.DataFrame:
 """
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    from eventpipe.testing import postgres_server
-
-    with postgres_server() as url:
-        yield url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

@@ -4,7 +4,6 @@ yet equal a full recompute."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 import uuid
 from pathlib import Path
@@ -81,11 +80,7 @@ class Story:
         return len(self.calls.read_text().splitlines()) if self.calls.exists() else 0
 
     def skipped_events(self) -> list[dict[str, Any]]:
-        rows = self.ledger._conn().execute(
-            "SELECT body FROM outbox WHERE json_extract(body, '$.event')"
-            " = 'eventpipe.asset.skipped'"
-        )
-        return [json.loads(r[0]) for r in rows]
+        return self.ledger.events_named("eventpipe.asset.skipped")
 
 
 def assert_mapped_equals_full(story: Story) -> None:

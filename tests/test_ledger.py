@@ -1,9 +1,11 @@
-"""The ledger on a real SQLite file: what happens to a file each time it is seen, the outbox that
-travels with it, claiming work between concurrent runs, and the asset catalog."""
+"""The ledger's contract, on both backends (a real SQLite file; a real PostgreSQL database):
+what happens to a file each time it is seen, the outbox that travels with it, claiming work
+between concurrent runs and processes, and the asset catalog."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +16,23 @@ import pytest
 
 from eventpipe.core.models import Landed
 from eventpipe.ledger import AssetRow, FileRow, FileState, Ledger
+from eventpipe.testing import fresh_database
 
 PIPELINE = "sales"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's ledger lives: a SQLite file of its own, or a database of its own on the
+    session's PostgreSQL."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "ledger.sqlite"
+    return fresh_database(request.getfixturevalue("postgres_url"), "ledger")
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite")
+def ledger(where: Path | str) -> Iterator[Ledger]:
+    ledger = Ledger(where)
     yield ledger
     ledger.close()
 
@@ -225,11 +237,11 @@ def test_sending_a_non_landed_event_leaves_the_file_alone(ledger: Ledger) -> Non
     assert ledger.files(PIPELINE)[0].state == "landed"
 
 
-def test_the_outbox_survives_a_restart(ledger: Ledger) -> None:
+def test_the_outbox_survives_a_restart(ledger: Ledger, where: Path | str) -> None:
     ledger.record_landed(PIPELINE, landed("orders.csv", b"a\n1\n"), landed_event)
     ledger.close()
 
-    reopened = Ledger(ledger.path)
+    reopened = Ledger(where)
     try:
         assert len(reopened.unsent()) == 1
         assert reopened.counts(PIPELINE) == {"landed": 1}
@@ -240,8 +252,8 @@ def test_the_outbox_survives_a_restart(ledger: Ledger) -> None:
 # -- claiming work -----------------------------------------------------------------------------
 
 
-def test_concurrent_claims_never_share_a_file_and_together_take_all(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_concurrent_claims_never_share_a_file_and_together_take_all(where: Path | str) -> None:
+    path = where
     setup = Ledger(path)
     for i in range(120):
         setup.record_landed(
@@ -285,6 +297,96 @@ def test_concurrent_claims_never_share_a_file_and_together_take_all(tmp_path: Pa
         assert all(owners[i] == "run-a" for i in a)
         assert all(owners[i] == "run-b" for i in b)
         assert check.counts("other") == {"landed": 1}
+    finally:
+        check.close()
+
+
+def _claim_in_a_process(where: Path | str, run_id: str, go: Any, out: Any) -> None:
+    """A separate OS process claiming one file at a time until none is left."""
+    ledger = Ledger(where)
+    taken: list[int] = []
+    go.wait(60)
+    while batch := ledger.claim_pending(PIPELINE, run_id, limit=1):
+        taken.extend(r.id for r in batch)
+        for row in batch:
+            ledger.finish(row.id, "done")
+    ledger.close()
+    out.put((run_id, taken))
+
+
+def _ack_in_a_process(where: Path | str, ids: list[str], go: Any, out: Any) -> None:
+    """A separate OS process acknowledging every event, as a second sender would."""
+    ledger = Ledger(where)
+    go.wait(60)
+    for event_id in ids:
+        ledger.mark_sent([event_id])
+    ledger.close()
+    out.put("done")
+
+
+def test_two_processes_claim_each_file_once(where: Path | str) -> None:
+    setup = Ledger(where)
+    for i in range(60):
+        setup.record_landed(PIPELINE, landed(f"p-{i:02}.csv", f"{i}\n".encode()), landed_event)
+    expected = {r.id for r in setup.files(PIPELINE)}
+    setup.close()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters, as on two hosts
+    go, out = spawn.Event(), spawn.Queue()
+    procs = [
+        spawn.Process(target=_claim_in_a_process, args=(where, run_id, go, out))
+        for run_id in ("host-a", "host-b")
+    ]
+    for p in procs:
+        p.start()
+    go.set()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+
+    a, b = results["host-a"], results["host-b"]
+    assert len(a) + len(b) == len(expected)  # nothing claimed twice, within or across
+    assert set(a) | set(b) == expected
+    check = Ledger(where)
+    try:
+        assert check.counts(PIPELINE) == {"done": len(expected)}
+        assert all(r.attempts == 1 for r in check.files(PIPELINE))
+    finally:
+        check.close()
+
+
+def test_two_senders_acknowledge_each_event_once(where: Path | str) -> None:
+    setup = Ledger(where)
+    for i in range(40):
+        setup.record_landed(PIPELINE, landed(f"e-{i:02}.csv", f"{i}\n".encode()), landed_event)
+    ids = [event_id for event_id, _, _ in setup.unsent()]
+    setup.close()
+    spawn = multiprocessing.get_context("spawn")
+    go, out = spawn.Event(), spawn.Queue()
+    procs = [
+        spawn.Process(target=_ack_in_a_process, args=(where, order, go, out))
+        for order in (ids, ids[::-1])
+    ]
+    for p in procs:
+        p.start()
+    go.set()
+    for _ in procs:
+        assert out.get(timeout=120) == "done"
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+
+    check = Ledger(where)
+    try:
+        assert check.unsent() == []
+        assert check.counts(PIPELINE) == {"sent": 40}
+        attempts = {
+            event["id"]: event["attempts"]
+            for row in check.files(PIPELINE)
+            for event in check.outbox_entries(row.id)
+        }
+        assert set(attempts) == set(ids)
+        assert set(attempts.values()) == {1}  # one acknowledgement counted per event
     finally:
         check.close()
 

@@ -57,3 +57,42 @@ def test_work_goes_on_in_an_earlier_ledger(old_ledger: Ledger) -> None:
     assert outcome == "new"
     claimed = {row.relative for row in old_ledger.claim_pending("sales", "run-2")}
     assert claimed == {"pending.csv", "new.csv"}
+
+
+def test_the_upgrade_is_recorded_and_runs_once(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from eventpipe.ledger import SCHEMA_VERSION
+
+    copy = tmp_path / "ledger.sqlite"
+    shutil.copyfile(FIXTURE, copy)
+    for _ in range(2):  # opening it again applies nothing twice
+        Ledger(copy).close()
+    engine = create_engine(f"sqlite:///{copy}")
+    with engine.connect() as db:
+        versions = [r[0] for r in db.execute(text("SELECT version FROM schema_version"))]
+        names = dict(db.execute(text("SELECT id, event FROM outbox")).all())
+    engine.dispose()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    # The earlier events got their names in the new column: found by name like new ones.
+    assert names == {f"landed-{i}": "eventpipe.file.landed" for i in (1, 2, 3)}
+    ledger = Ledger(copy)
+    try:
+        assert len(ledger.events_named("eventpipe.file.landed")) == 3
+    finally:
+        ledger.close()
+
+
+def test_a_ledger_newer_than_this_release_is_refused(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from eventpipe.exceptions import ConfigError
+
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO schema_version VALUES (999, 0)"))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="schema version 999"):
+        Ledger(path)

@@ -2,7 +2,8 @@
 Kubernetes manifests against the API schemas that ship with ``kubernetes-validate``, the compose
 file against the Compose Specification schema vendored in ``check-jsonschema``, and both for
 what a schema cannot see: names that refer to each other, a shared data volume at the path the
-deployments write to, and no credential written in any file."""
+deployments write to, the ledger's PostgreSQL URL reaching the worker and the watcher from a
+secret only, and no credential written in any file."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = ROOT / "deployments"
 K8S_VERSION = "1.30.0"
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH_STRING|CONNECTION_URL", re.I)
+LEDGER = "EVENTPIPE_LEDGER"  # a database URL with its password in it
+# Secrets the manifests read, created by hand as 00-namespace.yaml says: (name, key).
+SECRETS = {("eventpipe-db", "password"), ("eventpipe-ledger", "url")}
+INTERPOLATED = r"\$\{\w+:\?[^}]*\}"  # compose's ${VAR:?message}: from .env, required
 
 
 def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
@@ -61,6 +66,26 @@ def walk(node: Any, key: str) -> list[Any]:
     return out
 
 
+def created_secrets(text: str) -> dict[str, dict[str, str]]:
+    """The ``kubectl create secret generic NAME --from-literal=KEY=VALUE`` commands in
+    ``text`` (comment markers and line continuations allowed): ``{NAME: {KEY: VALUE}}``."""
+    lines = [re.sub(r"^\s*#", "", line) for line in text.splitlines()]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    found: dict[str, dict[str, str]] = {}
+    for name, literals in re.findall(
+        r"create secret generic ([\w-]+)((?:\s+--from-literal=\S+)+)", joined
+    ):
+        for key, value in re.findall(r"--from-literal=([\w.-]+)=(\S+)", literals):
+            found.setdefault(name, {})[key] = value.strip('"')
+    return found
+
+
+def container_env(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The one container's ``env`` entries of a pod template, by variable name."""
+    (container,) = template["spec"]["containers"]
+    return {var["name"]: var for var in container.get("env", [])}
+
+
 def prefect_yaml() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     return loaded
@@ -96,7 +121,7 @@ def test_kubernetes_references_resolve() -> None:
             assert ref["key"] in config_maps[ref["name"]]["data"], name
         for ref in walk(template, "secretKeyRef"):
             # Created by hand (00-namespace.yaml says how), never stored in these files.
-            assert (ref["name"], ref["key"]) == ("eventpipe-db", "password"), name
+            assert (ref["name"], ref["key"]) in SECRETS, name
         for claim in walk(template, "persistentVolumeClaim"):
             assert claim["claimName"] in claims, name
     labels = [t["metadata"]["labels"] for t in specs.values()]
@@ -116,12 +141,91 @@ def test_kubernetes_has_no_credentials_in_it() -> None:
     for name, template in pod_specs().items():
         for env in walk(template, "env"):
             for var in env:
-                if SECRETISH.search(var["name"]):
+                if SECRETISH.search(var["name"]) or var["name"] == LEDGER:
                     assert "value" not in var, f"{name}: {var['name']} is written in the file"
                     assert "secretKeyRef" in var["valueFrom"], name
-    for key, value in by_kind("ConfigMap")["eventpipe-config"]["data"].items():
-        assert not SECRETISH.search(key), key
-        assert "@" not in value, key  # no user:password@host URL
+    for config_map in by_kind("ConfigMap").values():
+        for key, value in config_map["data"].items():
+            assert not SECRETISH.search(key), key
+            assert key != LEDGER, "the ledger's URL belongs in Secret eventpipe-ledger"
+            assert "@" not in value, key  # no user:password@host URL
+
+
+def test_kubernetes_secrets_are_documented_where_they_are_created() -> None:
+    """Every Secret a pod reads is created by a command in 00-namespace.yaml and in
+    deployments/README.md, with the key the pods read."""
+    for text in (
+        (DEPLOYMENTS / "k8s" / "00-namespace.yaml").read_text(),
+        (DEPLOYMENTS / "README.md").read_text(),
+    ):
+        created = created_secrets(text)
+        assert {(n, k) for n, keys in created.items() for k in keys} == SECRETS
+    referenced = {
+        (r["name"], r["key"]) for t in pod_specs().values() for r in walk(t, "secretKeyRef")
+    }
+    assert referenced == SECRETS
+
+
+def test_kubernetes_ledger_is_postgresql_from_a_secret() -> None:
+    """The worker (whose runs inherit its environment) and the watcher read EVENTPIPE_LEDGER
+    from Secret eventpipe-ledger; the URL documented for it names the Service, port, user and
+    database the manifests set up, with the password of Secret eventpipe-db."""
+    specs = pod_specs()
+    for workload in ("eventpipe-worker", "eventpipe-watcher"):
+        var = container_env(specs[workload])[LEDGER]
+        assert var == {
+            "name": LEDGER,
+            "valueFrom": {"secretKeyRef": {"name": "eventpipe-ledger", "key": "url"}},
+        }, workload
+    for name, template in specs.items():
+        for source in walk(template, "envFrom"):
+            assert all("secretRef" not in s for s in source), name  # only named keys
+    # Not in any ConfigMap, under its name or as a value.
+    for config_map in by_kind("ConfigMap").values():
+        assert LEDGER not in config_map["data"]
+        assert not any(re.match(r"postgres\S*://", v) for v in config_map["data"].values())
+
+    config = by_kind("ConfigMap")["eventpipe-config"]["data"]
+    created = created_secrets((DEPLOYMENTS / "k8s" / "00-namespace.yaml").read_text())
+    url = urlsplit(created["eventpipe-ledger"]["url"])
+    assert url.scheme == "postgresql+psycopg"
+    assert url.username == config["PREFECT_SERVER_DATABASE_USER"]
+    assert url.password == created["eventpipe-db"]["password"]  # the same shell variable
+    assert str(url.password).startswith("$")  # ... not a password written in the file
+    assert url.hostname == config["PREFECT_SERVER_DATABASE_HOST"]
+    assert url.hostname in by_kind("Service")
+    assert str(url.port) == config["PREFECT_SERVER_DATABASE_PORT"]
+    database = url.path.lstrip("/")
+    assert database != config["PREFECT_SERVER_DATABASE_NAME"]  # its own, beside Prefect's
+    # The Job creates that database if it is missing, connected as Prefect's user.
+    job = specs["eventpipe-ledger-db"]
+    script = " ".join(job["spec"]["containers"][0]["command"])
+    assert f"CREATE DATABASE {database}" in script
+    assert f"datname = '{database}'" in script
+    env = container_env(job)
+    assert env["PGHOST"]["valueFrom"]["configMapKeyRef"]["key"] == "PREFECT_SERVER_DATABASE_HOST"
+    assert env["PGUSER"]["valueFrom"]["configMapKeyRef"]["key"] == "PREFECT_SERVER_DATABASE_USER"
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "eventpipe-db",
+        "key": "password",
+    }
+
+
+def test_kubernetes_workers_scale_beside_the_watcher() -> None:
+    """Claims are atomic in PostgreSQL, so there are several workers; the outputs are still on
+    a ReadWriteOnce volume, so all of them stay on the watcher's node."""
+    worker = by_kind("Deployment")["eventpipe-worker"]
+    assert worker["spec"]["replicas"] >= 2
+    affinity = worker["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert by_kind("PersistentVolumeClaim")["eventpipe-data"]["spec"]["accessModes"] == [
+        "ReadWriteOnce"
+    ]
+    # One watcher per pipeline, and never two at once on the volume.
+    watcher = by_kind("Deployment")["eventpipe-watcher"]
+    assert watcher["spec"]["replicas"] == 1
+    assert watcher["spec"]["strategy"]["type"] == "Recreate"
 
 
 def test_worker_and_watcher_share_the_data_volume_where_the_deployments_write() -> None:
@@ -209,6 +313,10 @@ def test_compose_worker_and_watcher_share_the_data_dir_and_pool() -> None:
     assert f"data:{data}" in worker["volumes"]
     assert f"data:{data}" in watcher["volumes"]
     assert watcher["command"][watcher["command"].index("--data") + 1] == data
+    # Runs read each landed file at the path the watcher recorded (and quarantine it there).
+    inbox = watcher["command"][watcher["command"].index("--inbox") + 1]
+    (mount,) = [m for m in watcher["volumes"] if m.split(":")[1] == inbox]
+    assert mount in worker["volumes"]
     assert worker["environment"]["EVENTPIPE_PROJECT_DIR"] == "/opt/eventpipe"
     pools = {d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}
     assert pools == {worker["command"][worker["command"].index("--pool") + 1]}
@@ -221,7 +329,64 @@ def test_compose_has_no_credentials_in_it() -> None:
     for name, service in compose()["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if SECRETISH.search(key):
-                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value)), f"{name}: {key}"
+                assert re.fullmatch(INTERPOLATED, str(value)), f"{name}: {key}"
+            # A user:password@host URL takes its password from .env too.
+            for password in re.findall(r"://[^:/@\s]+:(.*)@", str(value)):
+                assert re.fullmatch(INTERPOLATED, password), f"{name}: {key}"
+
+
+def test_compose_ledger_is_the_postgres_services_second_database() -> None:
+    """The worker and the watcher get the same EVENTPIPE_LEDGER: database ``eventpipe`` of the
+    postgres service, as its user, with the password from the variable Prefect's uses, and
+    created by the init script the postgres service mounts."""
+    services = compose()["services"]
+    postgres = services["postgres"]
+    urls = {services[name]["environment"][LEDGER] for name in ("worker", "watcher")}
+    (url,) = urls
+    parts = re.fullmatch(
+        rf"postgresql\+psycopg://(?P<user>\w+):(?P<password>{INTERPOLATED})"
+        r"@(?P<host>[\w-]+):(?P<port>\d+)/(?P<database>\w+)",
+        url,
+    )
+    assert parts, url
+    assert parts["user"] == postgres["environment"]["POSTGRES_USER"]
+    assert parts["password"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert (
+        parts["password"]
+        == services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_PASSWORD"]
+    )
+    assert parts["host"] in services
+    assert services[parts["host"]]["image"].startswith("postgres")
+    assert (
+        parts["port"] == services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_PORT"]
+    )
+    assert parts["database"] != postgres["environment"]["POSTGRES_DB"]  # beside Prefect's
+    scripts = [
+        m.split(":")[0]
+        for m in postgres["volumes"]
+        if m.split(":")[1].startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert scripts, "postgres mounts no init script"
+    created = " ".join((DEPLOYMENTS / s).read_text() for s in scripts)
+    assert re.search(rf"^CREATE DATABASE {parts['database']};", created, re.M)
+    # Services that don't need the ledger don't get it.
+    for name in ("postgres", "prefect-server", "deploy"):
+        assert LEDGER not in (services[name].get("environment") or {}), name
+
+
+def test_the_image_has_the_ledgers_driver() -> None:
+    """Every ``uv sync`` of the Dockerfile installs the ``sql`` extra (psycopg 3)."""
+    import tomllib
+
+    syncs = [
+        line
+        for line in (DEPLOYMENTS / "Dockerfile").read_text().splitlines()
+        if line.startswith("RUN uv sync")
+    ]
+    assert len(syncs) == 2
+    assert all("--extra sql" in line for line in syncs)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("psycopg") for d in extras["optional-dependencies"]["sql"])
 
 
 # -- prefect.yaml ------------------------------------------------------------------------------

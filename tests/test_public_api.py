@@ -78,6 +78,7 @@ TESTING = [
     "drop_file",
     "eventpipe_up",
     "fake_endpoint",
+    "fresh_database",
     "land_file",
     "moto_s3",
     "postgres_server",

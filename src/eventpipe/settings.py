@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     data: Path = Field(
         default=Path("data"), description="Where outputs, versions and the ledger live."
     )
+    # A database URL carries its password: SecretStr keeps it out of reprs, logs and dumps.
+    ledger: SecretStr | None = Field(
+        default=None,
+        description="The ledger's database: a SQLAlchemy URL (postgresql+psycopg://user:pass@host"
+        "/db, or sqlite:///path); unset, <data>/ledger.sqlite.",
+    )
+    ledger_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the ledger URL: how runs on workers"
+        " find the ledger when EVENTPIPE_LEDGER is not in their environment.",
+    )
+    pool: str | None = Field(
+        default=None, description="The Prefect work pool whose workers execute the runs."
+    )
     home: Path = Field(
         default=Path(".eventpipe"),
         description="Project-local state: the embedded server's PREFECT_HOME, logs.",

@@ -2,8 +2,9 @@
 ``eventpipe.toml``; the flags and their help are :class:`~eventpipe.settings.Settings`' fields.
 
 One module per command group: ``loop`` (up, run), ``inspect`` (status, versions, explain,
-retry), ``lineage`` (lineage, ui), ``setup`` (setup-s3, automations apply); ``common`` holds what
-they share. This module assembles the app and turns eventpipe's errors into one line.
+retry), ``lineage`` (lineage, ui), ``setup`` (setup-s3, automations apply), ``deploy`` (deploy);
+``common`` holds what they share. This module assembles the app and turns eventpipe's errors
+into one line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from cyclopts import App
 
-from eventpipe.cli import inspect, lineage, loop, setup
+from eventpipe.cli import deploy, inspect, lineage, loop, setup
 from eventpipe.cli.common import console, err
 from eventpipe.exceptions import EventpipeError
 
@@ -23,6 +24,7 @@ app.command(loop.up)
 app.command(loop.run)
 app.command(setup.automations_app)
 app.command(setup.setup_s3, name="setup-s3")
+app.command(deploy.deploy)
 app.command(inspect.status)
 app.command(inspect.versions)
 app.command(inspect.retry)

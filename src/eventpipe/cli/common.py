@@ -67,15 +67,18 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("eventpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def open_ledger(data: Path) -> Ledger:
-    """The ledger of data dir ``data``; an error (not a new, empty ledger) when there is none."""
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger ``settings`` name (``--ledger``, else the data dir's file); an error (not a
+    new, empty ledger) when the data dir has none."""
     # Imported here: `eventpipe --help` and the commands that never read the ledger skip it.
-    from eventpipe.ledger import Ledger, ledger_path
+    from eventpipe.ledger import Ledger, ledger_exists, ledger_location
 
-    path = ledger_path(data)
-    if not path.exists():
-        raise EventpipeError(f"no ledger at {path}: nothing has run with --data {data}")
-    return Ledger(path)
+    if not ledger_exists(settings):
+        raise EventpipeError(
+            f"no ledger at {ledger_location(settings)}: nothing has run with --data"
+            f" {settings.data} (give --ledger URL for a shared database)"
+        )
+    return Ledger.of(settings)
 
 
 def is_spec(pipeline: str) -> bool:
@@ -114,15 +117,14 @@ def pipeline_to_graph(wanted: str | None, settings: Settings) -> Pipeline:
     name the ledger knows (the ledger keeps no specs, so the configured pipeline must be the
     one of that name); without it, the configured pipeline."""
     # Imported here: loading a pipeline imports the user's module (and pandas with it).
-    from eventpipe.ledger import Ledger, ledger_path
+    from eventpipe.ledger import Ledger, ledger_exists
     from eventpipe.pipeline import load_pipeline
 
     if wanted is None or is_spec(wanted):
         return load_pipeline(wanted or settings.pipeline)
-    path = ledger_path(settings.data)
     known: list[str] = []
-    if path.exists():
-        ledger = Ledger(path)
+    if ledger_exists(settings):
+        ledger = Ledger.of(settings)
         try:
             known = ledger.pipelines()
         finally:

@@ -25,7 +25,7 @@ from eventpipe.settings import Settings
 if TYPE_CHECKING:
     from eventpipe.ledger import Ledger
 
-DATA_SETTINGS = settings_flags("data")
+DATA_SETTINGS = settings_flags("data", "ledger")
 
 PipelineFilter = Annotated[str | None, Parameter(help=PIPELINE_BY_NAME)]
 AsJson = Annotated[bool, Parameter(name="--json", help="Print JSON instead of tables.")]
@@ -38,8 +38,9 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Every asset (key, current version, last update, rows, partitions) and every file's state."""
-    data = settings_or_configured(settings).resolved().data
-    ledger = open_ledger(data)
+    resolved = settings_or_configured(settings).resolved()
+    data = resolved.data
+    ledger = open_ledger(resolved)
     report = {
         name: pipeline_report(ledger, name) for name in ledger_pipelines(ledger, data, pipeline)
     }
@@ -118,8 +119,9 @@ def versions(
     asset
         Analytics asset name, process step name, or 'step/partition'.
     """
-    data = settings_or_configured(settings).resolved().data
-    ledger = open_ledger(data)
+    resolved = settings_or_configured(settings).resolved()
+    data = resolved.data
+    ledger = open_ledger(resolved)
     name, _, partition = asset.partition("/")
     pipelines = ledger_pipelines(ledger, data, pipeline)
     rows = [v for p in pipelines for v in ledger.versions(p, name, partition or None)]
@@ -153,7 +155,7 @@ def retry(
     # Imported here: `eventpipe --help` need not load the intake.
     from eventpipe.intake.record import requeue_failed
 
-    ledger = open_ledger(settings_or_configured(settings).resolved().data)
+    ledger = open_ledger(settings_or_configured(settings).resolved())
     names = [pipeline] if pipeline else ledger.pipelines()
     count = sum(requeue_failed(ledger, name) for name in names)
     console.print(f"{count} file(s) queued again")
@@ -173,8 +175,9 @@ def explain(
     file
         Its path in the inbox, its URI, or its path on disk.
     """
-    data = settings_or_configured(settings).resolved().data
-    ledger = open_ledger(data)
+    resolved = settings_or_configured(settings).resolved()
+    data = resolved.data
+    ledger = open_ledger(resolved)
     names = ledger_pipelines(ledger, data, pipeline) if pipeline else None
     on_disk = str(Path(file).resolve())
     rows = [

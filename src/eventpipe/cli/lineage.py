@@ -20,7 +20,7 @@ from eventpipe.settings import Settings
 # `--pipeline` is a parameter of its own: a name there is resolved through the configured spec.
 # `--stale-minutes` too: here 0 is allowed (everything behind is stale), and `--port`/`--host`
 # are the page's, not the embedded Prefect server's.
-DATA_SETTINGS = settings_flags("data")
+DATA_SETTINGS = settings_flags("data", "ledger")
 
 GraphedPipeline = Annotated[str | None, Parameter(help=GRAPHED_PIPELINE)]
 
@@ -50,13 +50,17 @@ def lineage(
         An asset older than this is stale when newer files are waiting for it.
     """
     # Imported here: the graph reads parquet metadata; `eventpipe --help` must not load it.
+    from eventpipe.ledger import ledger_url
     from eventpipe.ops.formats import render, to_table
     from eventpipe.ops.lineage import read_graph
 
     check_stale_minutes(stale_minutes)
     resolved = settings_or_configured(settings).resolved()
     graph = read_graph(
-        pipeline_to_graph(pipeline, resolved), resolved.data, stale_minutes=stale_minutes
+        pipeline_to_graph(pipeline, resolved),
+        resolved.data,
+        stale_minutes=stale_minutes,
+        ledger=ledger_url(resolved),
     )
     if output_format == "text":
         console.print(to_table(graph))
@@ -88,6 +92,7 @@ def ui(
         An asset older than this is stale when newer files are waiting for it.
     """
     # Imported here: the page builds on the lineage graph, which `eventpipe --help` must not load.
+    from eventpipe.ledger import ledger_url
     from eventpipe.ops.webui import serve
 
     check_stale_minutes(stale_minutes)
@@ -99,6 +104,7 @@ def ui(
         port=port,
         prefect_ui=prefect_ui,
         stale_minutes=stale_minutes,
+        ledger=ledger_url(resolved),
     )
     address, bound = server.server_address[:2]
     console.print(f"eventpipe ui on http://{address!s}:{bound}  (Ctrl-C to stop)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,6 +27,8 @@ UP_SETTINGS = settings_flags(
     "pipeline",
     "inbox",
     "data",
+    "ledger",
+    "ledger_block",
     "port",
     "api_url",
     "host",
@@ -41,7 +44,9 @@ UP_SETTINGS = settings_flags(
     "runs",
     "task_runner",
 )
-RUN_SETTINGS = settings_flags("pipeline", "inbox", "data", "api_url", "port", "task_runner")
+RUN_SETTINGS = settings_flags(
+    "pipeline", "inbox", "data", "ledger", "api_url", "port", "task_runner"
+)
 
 
 def up(
@@ -69,7 +74,9 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    loop = LocalLoop(settings_or_configured(settings), on_run=print_run, on_fetch=print_fetch)
+    configured = settings_or_configured(settings)
+    share_ledger(configured)
+    loop = LocalLoop(configured, on_run=print_run, on_fetch=print_fetch)
     console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
     try:
         loop.start()
@@ -90,6 +97,17 @@ def up(
         )
         loop.stop()
         console.print("stopped.")
+
+
+def share_ledger(settings: Settings) -> None:
+    """Put ``--ledger`` into this process's environment as ``EVENTPIPE_LEDGER``: where the runs
+    it executes (and the processes it starts) look for the ledger, since a URL with a password
+    never travels in a run's parameters."""
+    from eventpipe.ledger import LEDGER_ENV, ledger_url
+
+    url = ledger_url(settings)
+    if url:
+        os.environ[LEDGER_ENV] = url
 
 
 def print_run(name: str, state: Any) -> None:
@@ -138,7 +156,10 @@ def banner(loop: LocalLoop) -> str:
     if loop.runs_here:
         runs_line = f"{ui}/deployments/deployment/{loop.deployment_id}"
     elif loop.deployment_id is None:
-        runs_line = "none yet: `prefect deploy` the deployment (see prefect.yaml), start a worker"
+        runs_line = (
+            "none yet: `eventpipe deploy --pool POOL` (or `prefect deploy`, see prefect.yaml),"
+            " start a worker"
+        )
     else:
         runs_line = (
             f"{ui}/deployments/deployment/{loop.deployment_id}  (executed by workers of work"
@@ -181,6 +202,7 @@ def run(*, settings: Annotated[Settings | None, RUN_SETTINGS] = None) -> None:
     """Process every new or changed file in the inbox once, without watching, then exit."""
     setup_logging(False)
     resolved = settings_or_configured(settings).resolved()
+    share_ledger(resolved)
     # Imported here: running brings Prefect, which `eventpipe --help` must not load.
     from eventpipe.orchestration.server import configure_api
     from eventpipe.pipeline import absolute_spec

@@ -25,7 +25,7 @@ def scan_once(settings: Settings) -> int:
     """Record every complete file in the inbox (``eventpipe run``); returns how many were new
     or changed."""
     pipeline = load_pipeline(absolute_spec(settings.pipeline))
-    ledger = Ledger.in_data_dir(settings.data)
+    ledger = Ledger.of(settings)
     outcomes: list[str] = []
     source = FolderSource(
         settings.inbox,

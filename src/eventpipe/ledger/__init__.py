@@ -1,6 +1,7 @@
 """The ledger: what eventpipe knows for sure. Files seen and claimed, events waiting in the
-outbox, the asset catalog. One SQLite file (WAL) under the data dir."""
+outbox, the asset catalog. A SQLite file under the data dir, or PostgreSQL."""
 
+from eventpipe.ledger.db import parse_url, redacted
 from eventpipe.ledger.rows import (
     PENDING_STATES,
     AssetRow,
@@ -9,16 +10,32 @@ from eventpipe.ledger.rows import (
     Outcome,
     VersionRow,
 )
-from eventpipe.ledger.store import LEDGER_FILE, Ledger, ledger_path
+from eventpipe.ledger.schema import SCHEMA_VERSION
+from eventpipe.ledger.store import (
+    LEDGER_ENV,
+    LEDGER_FILE,
+    Ledger,
+    ledger_exists,
+    ledger_location,
+    ledger_path,
+    ledger_url,
+)
 
 __all__ = [
+    "LEDGER_ENV",
     "LEDGER_FILE",
     "PENDING_STATES",
+    "SCHEMA_VERSION",
     "AssetRow",
     "FileRow",
     "FileState",
     "Ledger",
     "Outcome",
     "VersionRow",
+    "ledger_exists",
+    "ledger_location",
     "ledger_path",
+    "ledger_url",
+    "parse_url",
+    "redacted",
 ]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
+
+from sqlalchemy import text
 
 from eventpipe.ledger.db import Database
 from eventpipe.ledger.rows import (
@@ -23,71 +26,64 @@ class Catalog(Database):
     def assets(
         self, pipeline: str, name: str | None = None, partition: str | None = None
     ) -> list[AssetRow]:
-        sql, args = f"SELECT {_ASSET_COLUMNS} FROM assets WHERE pipeline=?", [pipeline]
+        sql = f"SELECT {_ASSET_COLUMNS} FROM assets WHERE pipeline=:pipeline"
+        args = {"pipeline": pipeline}
         if name is not None:
-            sql, args = sql + " AND name=?", [*args, name]
+            sql, args = sql + " AND name=:name", {**args, "name": name}
         if partition is not None:
-            sql, args = sql + " AND partition=?", [*args, partition]
+            sql, args = sql + " AND partition=:partition", {**args, "partition": partition}
         # Plain tuples in field order: a run reads every partition's row several times, and
-        # sqlite3.Row + dict + keywords cost twice the query itself at 1000 partitions.
-        cursor = self._conn().cursor()
-        cursor.row_factory = None
-        return [AssetRow(*r) for r in cursor.execute(sql + " ORDER BY name, partition", args)]
+        # mappings + keywords cost twice the query itself at 1000 partitions.
+        with self._read() as db:
+            rows = db.execute(text(sql + " ORDER BY name, partition"), args)
+            return [AssetRow(*r) for r in rows]
 
     def publish(
         self, row: AssetRow, version_path: str, sources: list[str], run_id: str | None
     ) -> None:
         """Make ``row`` the current version of its asset and remember the version."""
         with self._tx() as db:
+            db.execute(_UPSERT_ASSET, asdict(row))
             db.execute(
-                "INSERT OR REPLACE INTO assets VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    row.pipeline,
-                    row.name,
-                    row.partition,
-                    row.kind,
-                    row.key,
-                    row.version,
-                    row.path,
-                    row.rows,
-                    row.size,
-                    row.mtime_ns,
-                    row.code_version,
-                    row.input_fingerprint,
-                    row.updated_at,
+                text(
+                    "INSERT INTO versions (key, version, pipeline, name, partition, path, rows,"
+                    " sources, run_id, created_at, current_at) VALUES (:key, :version,"
+                    " :pipeline, :name, :partition, :path, :rows, :sources, :run_id, :now, :now)"
+                    " ON CONFLICT (key, version)"
+                    " DO UPDATE SET current_at=excluded.current_at, run_id=excluded.run_id"
                 ),
-            )
-            db.execute(
-                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key, version)"
-                " DO UPDATE SET current_at=excluded.current_at, run_id=excluded.run_id",
-                (
-                    row.key,
-                    row.version,
-                    row.pipeline,
-                    row.name,
-                    row.partition,
-                    version_path,
-                    row.rows,
-                    json.dumps(sources),
-                    run_id,
-                    row.updated_at,
-                    row.updated_at,
-                ),
+                {
+                    "key": row.key,
+                    "version": row.version,
+                    "pipeline": row.pipeline,
+                    "name": row.name,
+                    "partition": row.partition,
+                    "path": version_path,
+                    "rows": row.rows,
+                    "sources": json.dumps(sources),
+                    "run_id": run_id,
+                    "now": row.updated_at,
+                },
             )
 
     def touch_asset(self, row: AssetRow) -> None:
         """Record the size/mtime of a current output after it was restored."""
         with self._tx() as db:
             db.execute(
-                "UPDATE assets SET size=?, mtime_ns=? WHERE pipeline=? AND name=? AND partition=?",
-                (row.size, row.mtime_ns, row.pipeline, row.name, row.partition),
+                text(
+                    "UPDATE assets SET size=:size, mtime_ns=:mtime_ns"
+                    " WHERE pipeline=:pipeline AND name=:name AND partition=:partition"
+                ),
+                asdict(row),
             )
 
     def versions(self, pipeline: str, name: str, partition: str | None = None) -> list[VersionRow]:
-        sql, args = "SELECT * FROM versions WHERE pipeline=? AND name=?", [pipeline, name]
+        sql = "SELECT * FROM versions WHERE pipeline=:pipeline AND name=:name"
+        args = {"pipeline": pipeline, "name": name}
         if partition is not None:
-            sql, args = sql + " AND partition=?", [*args, partition]
-        rows = self._conn().execute(sql + " ORDER BY created_at, partition", args)
+            sql, args = sql + " AND partition=:partition", {**args, "partition": partition}
+        with self._read() as db:
+            rows = db.execute(text(sql + " ORDER BY created_at, partition"), args).mappings().all()
         return [
             VersionRow(
                 key=r["key"],
@@ -105,7 +101,20 @@ class Catalog(Database):
         ]
 
     def pipelines(self) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT pipeline FROM files UNION SELECT pipeline FROM assets ORDER BY 1"
-        )
+        with self._read() as db:
+            rows = db.execute(
+                text("SELECT pipeline FROM files UNION SELECT pipeline FROM assets ORDER BY 1")
+            ).all()
         return [r[0] for r in rows]
+
+
+_UPSERT_ASSET = text(
+    f"INSERT INTO assets ({_ASSET_COLUMNS}) VALUES ("
+    + ", ".join(f":{f.name}" for f in fields(AssetRow))
+    + ") ON CONFLICT (pipeline, name, partition) DO UPDATE SET "
+    + ", ".join(
+        f"{f.name}=excluded.{f.name}"
+        for f in fields(AssetRow)
+        if f.name not in ("pipeline", "name", "partition")
+    )
+)

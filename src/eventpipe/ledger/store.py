@@ -1,6 +1,7 @@
-"""The ledger: one SQLite file (WAL) that records every file, every event still to send and
-every asset version. Exactly-once is defined here: a file is claimed by one run at a time, and
-events leave only from the outbox, marked sent after the server acknowledged them.
+"""The ledger: the database that records every file, every event still to send and every asset
+version — a SQLite file (WAL) under the data dir by default, or PostgreSQL shared by hosts.
+Exactly-once is defined here: a file is claimed by one run at a time, and events leave only
+from the outbox, marked sent after the server acknowledged them.
 """
 
 from __future__ import annotations
@@ -8,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from eventpipe.ledger.catalog import Catalog
+from eventpipe.ledger.db import parse_url, redacted
 from eventpipe.ledger.files import Files
 from eventpipe.ledger.outbox import Outbox
+from eventpipe.settings import Settings
 
 LEDGER_FILE = "ledger.sqlite"
+LEDGER_ENV = "EVENTPIPE_LEDGER"
+"""The environment variable naming the ledger's database URL (the setting ``ledger``)."""
 
 
 class Ledger(Files, Outbox, Catalog):
@@ -21,6 +26,33 @@ class Ledger(Files, Outbox, Catalog):
     def in_data_dir(cls, data: Path) -> Ledger:
         """The ledger of data dir ``data`` (``<data>/ledger.sqlite``), created if missing."""
         return cls(ledger_path(data))
+
+    @classmethod
+    def open(cls, data: Path, url: str | None = None) -> Ledger:
+        """The ledger at database ``url`` if given, else the one of data dir ``data``."""
+        return cls(url) if url else cls.in_data_dir(data)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Ledger:
+        """The ledger ``settings`` name: setting ``ledger`` (a URL), else the data dir's."""
+        return cls.open(settings.data, ledger_url(settings))
+
+
+def ledger_url(settings: Settings) -> str | None:
+    """The ledger URL of ``settings`` (with its password), or None for the data dir's file."""
+    return settings.ledger.get_secret_value() if settings.ledger else None
+
+
+def ledger_location(settings: Settings) -> str:
+    """Where the ledger of ``settings`` is, fit to show: a path, or a URL without password."""
+    url = ledger_url(settings)
+    return redacted(parse_url(url)) if url else str(ledger_path(settings.data))
+
+
+def ledger_exists(settings: Settings) -> bool:
+    """Whether the ledger of ``settings`` has been created (a database URL always counts: it
+    is opened, and made, by whoever names it)."""
+    return ledger_url(settings) is not None or ledger_path(settings.data).exists()
 
 
 def ledger_path(data: Path) -> Path:

@@ -152,7 +152,7 @@ class LocalLoop:
         from eventpipe.run.deliver import prefect_sender
 
         s.data.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.in_data_dir(s.data)
+        ledger = Ledger.of(s)
         pump = OutboxPump(ledger, prefect_sender()).start()
         runs: RunsHere | RunsOnWorkers = (
             RunsHere(s, pipeline=pipeline, spec=self.spec, ledger=ledger, on_run=self.on_run)

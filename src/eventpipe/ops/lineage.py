@@ -263,18 +263,19 @@ def build_graph(
     return Graph(pipeline.name, tuple(nodes), tuple(edges), now, stale_minutes)
 
 
-def read_graph(pipeline: Pipeline, data: Path, *, stale_minutes: float = 60) -> Graph:
-    """The graph of ``pipeline`` now, from the ledger under ``data`` (every asset is missing
-    before anything has run)."""
+def read_graph(
+    pipeline: Pipeline, data: Path, *, stale_minutes: float = 60, ledger: str | None = None
+) -> Graph:
+    """The graph of ``pipeline`` now, from the ledger at database URL ``ledger`` or else the
+    one under ``data`` (every asset is missing before anything has run)."""
     files: list[FileRow] = []
     assets: list[AssetRow] = []
-    path = ledger_path(data)
-    if path.exists():
-        ledger = Ledger(path)
+    if ledger is not None or ledger_path(data).exists():
+        book = Ledger.open(data, ledger)
         try:
-            files, assets = ledger.latest_files(pipeline.name), ledger.assets(pipeline.name)
+            files, assets = book.latest_files(pipeline.name), book.assets(pipeline.name)
         finally:
-            ledger.close()
+            book.close()
     return build_graph(
         pipeline, files, assets, data=data, now=time.time(), stale_minutes=stale_minutes
     )

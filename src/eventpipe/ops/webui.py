@@ -162,6 +162,7 @@ def serve(
     port: int = 8787,
     prefect_ui: str = "http://127.0.0.1:4200",
     stale_minutes: float = 60,
+    ledger: str | None = None,
 ) -> ThreadingHTTPServer:
     """A bound server (not yet serving: call ``serve_forever``) that reads the ledger afresh on
     every request. ``port=0`` takes a free port (see ``server_address``)."""
@@ -172,7 +173,7 @@ def serve(
             if path not in ("/", "/lineage.json"):
                 self._send(404, "text/plain; charset=utf-8", "not found\n")
                 return
-            graph = read_graph(pipeline, data, stale_minutes=stale_minutes)
+            graph = read_graph(pipeline, data, stale_minutes=stale_minutes, ledger=ledger)
             if path == "/lineage.json":
                 self._send(200, "application/json", to_json(graph))
             else:

@@ -18,6 +18,7 @@ import yaml
 from prefect.automations import Automation
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.events.schemas.automations import AutomationCore
 from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
@@ -100,12 +101,14 @@ async def _notification_block(notify_block: str | None, notify_webhook: str | No
 def apply(
     pipeline: str,
     deployment_id: UUID,
-    block_id: UUID,
+    block_id: UUID | None,
     stale_minutes: float,
     path: Path | None = None,
     unresponsive_seconds: int | None = None,
 ) -> list[tuple[str, str]]:
-    """Create or update the pipeline's automations; returns (name, "created"/"updated").
+    """Create or update the pipeline's automations; returns (name, "created"/"updated"/
+    "unchanged"). Without a notification block (``block_id`` None) only those that page no
+    one are applied: the one marking unresponsive runs Crashed.
 
     A run is unresponsive after ``unresponsive_seconds`` without a heartbeat: by default three
     of Prefect's heartbeat intervals (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 180 s unless set;
@@ -123,6 +126,8 @@ def apply(
     specs = template(path)
     if window is None:
         specs = [a for a in specs if "{unresponsive_seconds}" not in yaml.safe_dump(a)]
+    if block_id is None:
+        specs = [a for a in specs if "{notify_block_id}" not in yaml.safe_dump(a)]
     return asyncio.run(_apply(render(specs, values)))
 
 
@@ -144,8 +149,18 @@ async def _apply(specs: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if existing is None:
             await wanted.acreate()
             done.append((wanted.name, "created"))
+        elif same_automation(existing, wanted):
+            done.append((wanted.name, "unchanged"))
         else:
             wanted.id = existing.id
             await wanted.aupdate()
             done.append((wanted.name, "updated"))
     return done
+
+
+def same_automation(existing: AutomationCore, wanted: AutomationCore) -> bool:
+    """Whether applying ``wanted`` over ``existing`` would change nothing. Compared as Python
+    values (``expect`` is a set, its JSON order varies); the server does not say which
+    resource owns an automation, so that is left out."""
+    ignored = {"id", "owner_resource"}
+    return existing.model_dump(exclude=ignored) == wanted.model_dump(exclude=ignored)

@@ -8,13 +8,17 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events import DeploymentEventTrigger
+from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron, Interval
+from prefect.utilities.callables import parameter_schema
 
 from eventpipe.compat import EntrypointType, RunnerDeployment
 from eventpipe.core.names import FILE_LANDED, MATERIALIZE_FLOW, WAKE_LABEL, pipeline_resource_id
 from eventpipe.exceptions import ConfigError
+from eventpipe.orchestration.automations import same_automation
 from eventpipe.pipeline import Fetch, Pipeline
 from eventpipe.run.fetch import fetch_source
 from eventpipe.run.flow import materialize_pipeline
@@ -56,6 +60,114 @@ def register(
     deployment_id: UUID = deployment.apply()  # type: ignore[assignment]  # sync in a sync context
     set_paused(deployment_id, paused=False)
     return deployment_id
+
+
+ENTRYPOINT = "eventpipe.flows.materialize_pipeline"
+"""The public module path of the flow (as in prefect.yaml): workers import it, no code is
+pulled."""
+
+
+def require_work_pool(pool: str) -> None:
+    """A :class:`ConfigError` saying how to create work pool ``pool`` if the server has none
+    of that name."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"no work pool {pool!r} on this server: create it with `prefect work-pool"
+                f" create {pool} --type process`, then deploy again"
+            ) from None
+
+
+def has_secret_block(name: str) -> bool:
+    """Whether the server has a Secret block ``name`` (its value is not read)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_block_document_by_name(name, "secret", include_secrets=False)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def deploy_to_pool(
+    pipeline: Pipeline,
+    spec: str,
+    data: Path,
+    pool: str,
+    *,
+    publish: dict[str, str] | None = None,
+    task_runner: str = "threads",
+    ledger_block: str | None = None,
+) -> tuple[UUID, str]:
+    """Create or update deployment ``materialize/<pipeline>`` on work pool ``pool``, with its
+    landed-file trigger, unpaused; returns its id and "created", "updated" or "unchanged"
+    (then nothing on the server was touched, the trigger's automation neither).
+
+    Workers import the flow by module path and ``spec`` must be importable where they run: no
+    storage, no pull step. Only names go into the parameters, never a credential: the runs
+    find the ledger's URL in ``EVENTPIPE_LEDGER`` or in the Secret block ``ledger_block``."""
+    require_work_pool(pool)
+    parameters: dict[str, Any] = {
+        "pipeline": spec,
+        "data": str(data.resolve()),
+        "task_runner": task_runner,
+    }
+    if publish:
+        parameters["publish"] = publish
+    if ledger_block:
+        parameters["ledger_block"] = ledger_block
+    trigger = landed_trigger(pipeline.name)
+    deployment: RunnerDeployment = materialize_pipeline.to_deployment(  # type: ignore[assignment]
+        name=pipeline.name,
+        parameters=parameters,
+        triggers=[trigger],
+        description=f"Materializes pipeline {pipeline.name!r} on the workers of pool {pool!r}"
+        f" whenever a file lands (related resource {pipeline_resource_id(pipeline.name)}).",
+        tags=["eventpipe", f"eventpipe:{pipeline.name}"],
+        work_pool_name=pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        paused=False,
+    )
+    deployment.entrypoint = ENTRYPOINT
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(f"{MATERIALIZE_FLOW}/{pipeline.name}")
+        except ObjectNotFound:
+            existing = None
+        if existing is not None:
+            trigger.set_deployment_id(existing.id)
+            automations = client.read_resource_related_automations(
+                f"prefect.deployment.{existing.id}"
+            )
+            if _same_deployment(existing, deployment) and _same_triggers(
+                [a for a in automations if a.name == trigger.name], [trigger.as_automation()]
+            ):
+                return existing.id, "unchanged"
+    deployment_id: UUID = deployment.apply()  # type: ignore[assignment]  # sync in a sync context
+    return deployment_id, "created" if existing is None else "updated"
+
+
+def _same_deployment(existing: DeploymentResponse, wanted: RunnerDeployment) -> bool:
+    """Whether applying ``wanted`` would change what a run of ``existing`` does."""
+    schema = parameter_schema(materialize_pipeline).model_dump(exclude_unset=True)
+    return (
+        existing.parameters == wanted.parameters
+        and existing.work_pool_name == wanted.work_pool_name
+        and existing.entrypoint == wanted.entrypoint
+        and not existing.pull_steps
+        and not existing.paused
+        and sorted(existing.tags) == sorted(wanted.tags)
+        and existing.description == wanted.description
+        and existing.version == wanted.version
+        and existing.parameter_openapi_schema == schema
+    )
+
+
+def _same_triggers(existing: list[AutomationCore], wanted: list[AutomationCore]) -> bool:
+    return len(existing) == len(wanted) and all(
+        same_automation(a, b) for a, b in zip(existing, wanted, strict=True)
+    )
 
 
 def set_paused(deployment_id: UUID, *, paused: bool) -> None:

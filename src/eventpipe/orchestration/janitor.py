@@ -174,8 +174,9 @@ class WorkerJanitor:
             if not self._told_missing:
                 self._told_missing = True
                 log.warning(
-                    "no deployment materialize/%s on the server yet: run `prefect deploy` (see"
-                    " prefect.yaml); files are recorded and wait for it",
+                    "no deployment materialize/%s on the server yet: run `eventpipe deploy"
+                    " --pool POOL` (or `prefect deploy`, see prefect.yaml); files are recorded"
+                    " and wait for it",
                     self.pipeline,
                 )
             return

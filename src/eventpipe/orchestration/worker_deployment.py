@@ -1,5 +1,5 @@
 """When Prefect workers execute the runs (``eventpipe up --runs worker``): the watcher's view
-of the deployment that ``prefect deploy`` registered, and of its runs.
+of the deployment that ``eventpipe deploy`` or ``prefect deploy`` registered, and of its runs.
 
 Nothing here claims, executes or crashes a run; that is the worker's and the server's job. The
 watcher only reads: which deployment its events wake, whether a run is already on its way, and
@@ -52,8 +52,8 @@ def deployment_problems(deployment: DeploymentResponse, pipeline: str, data: Pat
     where = str(params.get("data", ""))
     if "{{" in where or not where:
         problems.append(
-            f"its parameter data is {where!r}: set EVENTPIPE_DATA (an absolute path) in the"
-            " environment of `prefect deploy` and deploy again"
+            f"its parameter data is {where!r}: deploy again with `eventpipe deploy --data DIR`,"
+            " or with EVENTPIPE_DATA (an absolute path) set for `prefect deploy`"
         )
     elif Path(where) != data:
         problems.append(
@@ -61,7 +61,10 @@ def deployment_problems(deployment: DeploymentResponse, pipeline: str, data: Pat
             " be the same directory (the same shared volume, mounted at the same path)"
         )
     if not deployment.work_pool_name:
-        problems.append("it has no work pool: it was registered by `eventpipe up`, not deployed")
+        problems.append(
+            "it has no work pool: it was registered by `eventpipe up`, not deployed"
+            " (`eventpipe deploy --pool POOL`, or `prefect deploy`)"
+        )
     spec = str(params.get("pipeline", ""))
     if not spec:
         problems.append("its parameter pipeline is empty")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventpipe.exceptions import ConfigError
+from eventpipe.ledger import LEDGER_ENV
 
 _REVEALED: ContextVar[set[str] | None] = ContextVar("eventpipe_revealed", default=None)
 _MASK = "***"
@@ -135,3 +136,13 @@ def guard_logger(name: str) -> None:
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
         logger.addFilter(RedactingFilter())
+
+
+def run_ledger_url(ledger_block: str | None) -> str | None:
+    """The ledger URL a flow run uses: ``EVENTPIPE_LEDGER`` from its environment, else the
+    Prefect ``Secret`` block ``ledger_block``, else None (the data dir's SQLite file). The URL
+    holds a password, so it is never a deployment parameter."""
+    url = os.environ.get(LEDGER_ENV)
+    if url:
+        return url
+    return SecretRef(block=ledger_block).reveal() if ledger_block else None

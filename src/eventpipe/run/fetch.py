@@ -41,7 +41,7 @@ from eventpipe.ledger import Ledger
 from eventpipe.pipeline import FETCH_FORMATS, Fetch
 from eventpipe.run.artifacts import artifact_key, escape_markdown
 from eventpipe.run.context import cached_pipeline
-from eventpipe.run.credentials import redact, revealing
+from eventpipe.run.credentials import redact, revealing, run_ledger_url
 from eventpipe.run.deliver import deliver_now
 from eventpipe.run.failures import failure_reason, fetch_retryable
 
@@ -165,7 +165,9 @@ def _fetch_task(spec: Fetch) -> Any:
 
 
 @flow(name=names.FETCH_FLOW, persist_result=False)
-def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
+def fetch_source(
+    pipeline: str, fetch: str, data: str, ledger_block: str | None = None
+) -> dict[str, Any]:
     """Run fetch ``fetch`` of ``pipeline`` (``module:attr`` or ``file.py:attr``) once and land
     its result under ``data``, like a dropped file."""
     started = time.perf_counter()
@@ -178,7 +180,7 @@ def fetch_source(pipeline: str, fetch: str, data: str) -> dict[str, Any]:
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
     store = Storage(Path(data), pipe.name)
-    ledger = Ledger.in_data_dir(store.data)
+    ledger = Ledger.open(store.data, run_ledger_url(ledger_block))
     logger = get_run_logger()
     context = FetchContext(
         pipe.name,

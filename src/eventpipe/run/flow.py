@@ -30,6 +30,7 @@ from eventpipe.ledger import FileRow, Ledger
 from eventpipe.run.analytics_stage import run_analytics
 from eventpipe.run.artifacts import RunReport, artifact_key, table_rows
 from eventpipe.run.context import RunContext, TaskHome, bound, cached_pipeline
+from eventpipe.run.credentials import run_ledger_url
 from eventpipe.run.dask import task_runner_for
 from eventpipe.run.deliver import deliver_now
 from eventpipe.run.mirror import BucketPublisher
@@ -45,6 +46,7 @@ def materialize_pipeline(
     data: str,
     publish: dict[str, str] | None = None,
     task_runner: str = "threads",
+    ledger_block: str | None = None,
 ) -> dict[str, Any]:
     """Materialize every pending file of ``pipeline`` (``module:attr`` or ``file.py:attr``),
     then every analytics asset whose inputs changed, writing under ``data``; with
@@ -53,13 +55,16 @@ def materialize_pipeline(
     ``task_runner`` says where the process steps' code runs: ``threads`` (this process,
     several files at once), ``dask`` (a Dask cluster of one worker process per core, made for
     this run) or a Dask scheduler address (``tcp://host:port``, a running cluster: ``eventpipe
-    up --task-runner dask`` keeps one). The task runs stay in this process either way."""
+    up --task-runner dask`` keeps one). The task runs stay in this process either way.
+
+    The ledger is the database ``EVENTPIPE_LEDGER`` names, else the one in the Prefect
+    ``Secret`` block ``ledger_block``, else ``<data>/ledger.sqlite``."""
     started = time.time()
     pipe = cached_pipeline(pipeline)
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
     store = Storage(Path(data), pipe.name)
-    ledger = Ledger.in_data_dir(store.data)
+    ledger = Ledger.open(store.data, run_ledger_url(ledger_block))
     run = RunContext(
         pipeline=pipe,
         store=store,

@@ -8,7 +8,8 @@ own tests use them too.
 - ``files``: :func:`drop_file` (temp name, then rename), :func:`land_file` (recorded as the
   watcher would, without one), :func:`wait_for` (a condition, never a fixed sleep).
 - ``s3``: :func:`moto_s3` (S3 + SQS over HTTP on 127.0.0.1), :func:`upload`.
-- ``postgres``: :func:`postgres_server` (the machine's PostgreSQL, as root too).
+- ``postgres``: :func:`postgres_server` (the machine's PostgreSQL, as root too) and
+  :func:`fresh_database` (a new database on it, one per test).
 - ``processes``: :class:`Background`, :func:`eventpipe_up` (subprocesses stopped with all
   they started).
 - ``http``: :class:`FakeEndpoint` / :func:`fake_endpoint`, :class:`Reply`, :class:`SeenRequest`
@@ -19,7 +20,7 @@ Importing this package imports no Prefect.
 
 from eventpipe.testing.files import drop_file, land_file, wait_for
 from eventpipe.testing.http import FakeEndpoint, Reply, SeenRequest, fake_endpoint
-from eventpipe.testing.postgres import postgres_server
+from eventpipe.testing.postgres import fresh_database, postgres_server
 from eventpipe.testing.prefect import client_env, configure_prefect_env, prefect_server, read_events
 from eventpipe.testing.processes import Background, eventpipe_up
 from eventpipe.testing.s3 import moto_s3, upload
@@ -34,6 +35,7 @@ __all__ = [
     "drop_file",
     "eventpipe_up",
     "fake_endpoint",
+    "fresh_database",
     "land_file",
     "moto_s3",
     "postgres_server",

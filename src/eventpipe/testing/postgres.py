@@ -110,3 +110,22 @@ def postgres_server() -> Iterator[str]:
     finally:
         run(pg_ctl, "--pgdata", str(cluster), "--mode", "fast", "--wait", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(url: str, prefix: str = "t") -> str:
+    """A new, empty database on the server of ``url`` (as :func:`postgres_server` yields it);
+    its URL, with the psycopg driver. Tests sharing one server each take one."""
+    from uuid import uuid4
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+psycopg")
+    name = f"{prefix}_{uuid4().hex[:12]}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as db:
+            db.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)

@@ -1,0 +1,11 @@
+-- The ledger's database, beside Prefect's in the same PostgreSQL. docker-compose.yaml mounts
+-- this file into /docker-entrypoint-initdb.d: the postgres image runs it once, as
+-- POSTGRES_USER (prefect, who then owns the database), when it initialises an empty data
+-- volume. eventpipe creates and upgrades its tables itself on first use.
+--
+-- A `postgres` volume created before this file existed is not initialised again; create the
+-- database once by hand:
+--   docker compose exec postgres createdb -U prefect eventpipe
+--
+-- The name must match the database in EVENTPIPE_LEDGER (docker-compose.yaml, x-ledger).
+CREATE DATABASE eventpipe;
