@@ -14,10 +14,19 @@ for PostgreSQL, a fresh database found by the run through ``EVENTPIPE_LEDGER``; 
 file (the run's wall time / files), backends alternating between rounds, after an untimed
 warm-up run on each.
 
+C. Freshness under ``eventpipe up``: the same pipeline (the harness's ``sales``, under one
+name per backend) in two ``eventpipe up`` subprocesses on one Prefect server, each with its
+own inbox, data dir and home, one with its data dir's SQLite ledger, one with ``--ledger`` a
+fresh PostgreSQL database (``up`` puts the URL into its own environment for the runs it
+executes: two loops in this process would share that variable). Files are dropped into the
+inboxes alternately, one backend then the other, ``--drops`` each, ~1.5 s apart so each file
+is alone, after 2 untimed drops each; a drop's freshness is measured as ``freshness.py``
+does: from just before the file is written until every analytics output's mtime changed.
+
 PostgreSQL is ``eventpipe.testing.postgres_server()``: the machine's own, on 127.0.0.1, with
 ``fsync=off``; SQLite is a WAL file with ``synchronous=NORMAL`` (no fsync per commit either).
 
-    .venv/bin/python bench/ledger_cost.py [--quick] [--rounds 12] [--flow-rounds 3]
+    .venv/bin/python bench/ledger_cost.py [--quick] [--rounds 12] [--flow-rounds 3] [--drops 30]
 """
 
 from __future__ import annotations
@@ -28,41 +37,53 @@ import os
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import freshness
 import harness
 from eventpipe.core.keys import asset_key
 from eventpipe.core.models import Landed
 from eventpipe.events.build import sighting_event
 from eventpipe.ledger import LEDGER_ENV, AssetRow, FileRow, Ledger
-from eventpipe.testing import fresh_database, postgres_server
+from eventpipe.testing import Background, client_env, drop_file, fresh_database, postgres_server
 
 NAME = "ledger_cost"
 BACKENDS = ("sqlite", "postgresql")
 OPS = ("record_landed", "mark_sent", "claim_pending", "finish", "publish")
 PIPELINE = "perf_ledger"
+FRESH_SPECS = {"sqlite": "ledger_sqlite", "postgresql": "ledger_pg"}
+"""Part C's pipeline per backend: an attribute of harness.py, ``plain`` under another name."""
+FRESH_WARMUP = 2
+FRESH_GAP_SECONDS = 1.5
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 + 2 rounds, runs of 20 files")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 + 2 rounds, runs of 20 files, 6 drops each"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds of part A (12)")
     parser.add_argument("--files", type=int, default=50, help="files per round of part A")
     parser.add_argument("--flow-rounds", type=int, default=None, help="rounds of part B (3)")
     parser.add_argument("--flow-files", type=int, default=None, help="files per run (50)")
+    parser.add_argument("--drops", type=int, default=None, help="timed drops per backend, C (30)")
     parser.add_argument("--no-flow", action="store_true", help="part A only (no Prefect)")
+    parser.add_argument("--no-freshness", action="store_true", help="parts A and B only")
     parser.add_argument("--results", default=NAME, help="results file name")
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (4 if quick else 12)
     args.flow_rounds = args.flow_rounds or (2 if quick else 3)
     args.flow_files = args.flow_files or (20 if quick else 50)
+    args.drops = args.drops or (6 if quick else 30)
     return args
 
 
@@ -230,25 +251,25 @@ def flow_run(root: Path, pg: str, tag: str, backend: str, count: int) -> tuple[f
     return wall, summary["processed"]
 
 
-def measure_flow(pg: str, rounds: int, count: int) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
-    with harness.prefect_server(NAME) as root:
-        from eventpipe.run.compute import warm_up
+def measure_flow(root: Path, pg: str, rounds: int, count: int) -> dict[str, Any]:
+    """Part B on the Prefect server of ``root`` (``harness.prefect_server``)."""
+    from eventpipe.run.compute import warm_up
 
-        warm_up(harness.spec("plain"))
-        for backend in BACKENDS:  # imports, first connections, a first run: not measured
-            flow_run(root, pg, "warm", backend, 2)
-        for round_no in range(rounds):
-            for backend in order(round_no):
-                wall, files = flow_run(root, pg, str(round_no), backend, count)
-                samples[backend].append(
-                    {"files": files, "wall_s": round(wall, 3), "s_per_file": wall / files}
-                )
-                print(
-                    f"  flow round {round_no + 1}/{rounds} {backend}: {files} files in"
-                    f" {wall:.2f} s ({wall / files * 1000:.0f} ms/file)",
-                    flush=True,
-                )
+    samples: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
+    warm_up(harness.spec("plain"))
+    for backend in BACKENDS:  # imports, first connections, a first run: not measured
+        flow_run(root, pg, "warm", backend, 2)
+    for round_no in range(rounds):
+        for backend in order(round_no):
+            wall, files = flow_run(root, pg, str(round_no), backend, count)
+            samples[backend].append(
+                {"files": files, "wall_s": round(wall, 3), "s_per_file": wall / files}
+            )
+            print(
+                f"  flow round {round_no + 1}/{rounds} {backend}: {files} files in"
+                f" {wall:.2f} s ({wall / files * 1000:.0f} ms/file)",
+                flush=True,
+            )
     per_file = {b: median([s["s_per_file"] for s in samples[b]]) for b in BACKENDS}
     return {
         "seconds_per_file_median": {b: round(v, 4) for b, v in per_file.items()},
@@ -261,10 +282,108 @@ def measure_flow(pg: str, rounds: int, count: int) -> dict[str, Any]:
     }
 
 
+# -- C: freshness under `eventpipe up` ---------------------------------------------------------
+
+
+class Loop:
+    """One backend's ``eventpipe up``: its own inbox, data dir, home and log under ``root``."""
+
+    def __init__(self, root: Path, api_url: str, backend: str, url: str | None) -> None:
+        self.backend, self.url = backend, url
+        self.spec = harness.spec(FRESH_SPECS[backend])
+        self.pipeline = getattr(harness, FRESH_SPECS[backend]).name
+        self.root = root / f"fresh-{backend}"
+        self.inbox, self.data = self.root / "inbox", self.root / "data"
+        env = client_env(api_url, self.root / "client-home", EVENTPIPE_HOME=".eventpipe")
+        env.pop(LEDGER_ENV, None)  # the SQLite loop must not find a URL; the other gets its own
+        argv = [sys.executable, "-m", "eventpipe.cli", "up", "--pipeline", self.spec]
+        argv += ["--inbox", str(self.inbox), "--data", str(self.data), "--api-url", api_url]
+        argv += ["--ledger", url] if url else []
+        self.process = Background(argv, self.root / "up.log", env=env, cwd=self.root)
+        self.outputs: list[Path] = []
+
+    def start(self) -> Loop:
+        self.root.mkdir(parents=True)
+        self.process.start()
+        return self
+
+    def wait_up(self) -> None:
+        self.process.wait_for_output("eventpipe is up", 240)
+        self.outputs = freshness.analytics_outputs(self.spec, self.data)
+
+    def drop(self, index: int, sample: freshness.Sample) -> freshness.Drop:
+        """Write ``sample`` into the inbox; wait until every analytics output is new."""
+        before = freshness.mtimes(self.outputs)
+        dropped_at, t0 = time.time(), time.perf_counter()
+        drop_file(self.inbox, *sample)
+        first, every = freshness.wait_fresh(self.outputs, before, t0, freshness.DROP_TIMEOUT)
+        return freshness.Drop(index, first, every, dropped_at)
+
+    def done(self) -> int:
+        """Files done in this loop's ledger; checks the ledger is the one it was given."""
+        sqlite_file = (self.data / "ledger.sqlite").exists()
+        if sqlite_file != (self.url is None):
+            raise RuntimeError(f"{self.backend}: data dir's ledger.sqlite exists: {sqlite_file}")
+        ledger = harness.open_ledger(self.data, self.url)
+        try:
+            return ledger.counts(self.pipeline).get("done", 0)
+        finally:
+            ledger.close()
+
+
+def measure_freshness(root: Path, pg: str, drops: int) -> dict[str, Any]:
+    """Part C on the Prefect server of ``root``: both loops up at once, drops alternating."""
+    api_url = os.environ["PREFECT_API_URL"]  # harness.prefect_server's server
+    if os.environ.get(LEDGER_ENV):
+        raise RuntimeError(f"{LEDGER_ENV} is set: the SQLite loop would find it")
+    loops = [
+        Loop(root, api_url, b, fresh_database(pg, "fresh") if b == "postgresql" else None)
+        for b in BACKENDS
+    ]
+    samples = freshness.make_samples(root / "fresh-staging", FRESH_WARMUP + drops)
+    timed: dict[str, list[freshness.Drop]] = {b: [] for b in BACKENDS}
+    try:
+        for loop in loops:
+            loop.start()
+        for loop in loops:
+            loop.wait_up()
+        for index, sample in enumerate(samples):
+            for loop in loops:  # the same file on each, one backend after the other
+                drop = loop.drop(index, sample)
+                shown = f"{drop.all_seconds:6.3f} s" if drop.all_seconds is not None else "timeout"
+                if index < FRESH_WARMUP:
+                    print(f"  warm-up {loop.backend:10} drop {index + 1}: {shown}", flush=True)
+                else:
+                    timed[loop.backend].append(drop)
+                    number = f"{index - FRESH_WARMUP + 1:2}/{drops}"
+                    print(f"  fresh {loop.backend:10} drop {number}: {shown}", flush=True)
+                time.sleep(FRESH_GAP_SECONDS)
+        done = {loop.backend: loop.done() for loop in loops}
+    finally:
+        for loop in loops:
+            loop.process.stop(timeout=60)
+    for backend, count in done.items():
+        if count != len(samples):
+            raise RuntimeError(f"{backend}: {count} files done of {len(samples)} dropped")
+    summary = {b: freshness.summarize(b, timed[b]) for b in BACKENDS}
+    sqlite_p50, pg_p50 = summary["sqlite"].p50, summary["postgresql"].p50
+    return {
+        "summary": {b: asdict(s) for b, s in summary.items()},
+        "ratio_pg_sqlite_p50": round(pg_p50 / sqlite_p50, 3) if sqlite_p50 and pg_p50 else None,
+        "files_done": done,
+        "drops": {b: [asdict(d) for d in timed[b]] for b in BACKENDS},
+    }
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, ops: dict[str, Any], flow: dict[str, Any] | None) -> list:
+def report(
+    args: argparse.Namespace,
+    ops: dict[str, Any],
+    flow: dict[str, Any] | None,
+    fresh: dict[str, Any] | None = None,
+) -> list:
     """Print the tables; return the suite's figures."""
     med, ratio = ops["median_us_per_file"], ops["ratio_pg_sqlite"]
     print()
@@ -312,7 +431,43 @@ def report(args: argparse.Namespace, ops: dict[str, Any], flow: dict[str, Any] |
                 "met": None,
             }
         )
+    if fresh is not None:
+        summary, ratio_p50 = fresh["summary"], fresh["ratio_pg_sqlite_p50"]
+        print()
+        print(
+            f"C. `eventpipe up`: file written -> every analytics output updated, seconds,"
+            f" {args.drops} drops per backend, interleaved"
+        )
+        print(
+            harness.table(
+                ["backend", "n", "timeouts", "p50 s", "p95 s", "max s"],
+                [
+                    [b, s["n"], s["timeouts"], _s(s["p50"]), _s(s["p95"]), _s(s["max"])]
+                    for b, s in summary.items()
+                ]
+                + [["PG / SQLite (p50)", "", "", _x(ratio_p50), "", ""]],
+            )
+        )
+        pg, lite = summary["postgresql"], summary["sqlite"]
+        figures.append(
+            {
+                "figure": "freshness under `eventpipe up` (file written -> all analytics "
+                "updated), p50 / p95: PostgreSQL vs SQLite",
+                "value": f"{_s(pg['p50'])} s / {_s(pg['p95'])} s vs"
+                f" {_s(lite['p50'])} s / {_s(lite['p95'])} s (p50 {_x(ratio_p50)})",
+                "goal": "-",
+                "met": None,
+            }
+        )
     return figures
+
+
+def _s(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def _x(ratio: float | None) -> str:
+    return f"x{ratio:.2f}" if ratio is not None else "-"
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -320,33 +475,50 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     at_start = harness.start_state()
     root = Path(tempfile.mkdtemp(prefix="eventpipe-ledger-cost-")).resolve()
     flow: dict[str, Any] | None = None
+    fresh: dict[str, Any] | None = None
     try:
         with ledger_env(None), postgres_server() as pg:  # SQLite runs must not find a URL
             print(f"part A: {args.rounds} rounds of {args.files} files", flush=True)
             ops = measure_ops(root, pg, args.rounds, args.files)
             if not args.no_flow:
-                print(f"part B: {args.flow_rounds} rounds, runs of {args.flow_files}", flush=True)
-                flow = measure_flow(pg, args.flow_rounds, args.flow_files)
+                with harness.prefect_server(NAME) as server_root:
+                    print(
+                        f"part B: {args.flow_rounds} rounds, runs of {args.flow_files}",
+                        flush=True,
+                    )
+                    flow = measure_flow(server_root, pg, args.flow_rounds, args.flow_files)
+                    if not args.no_freshness:
+                        print(f"part C: {args.drops} drops per backend, interleaved", flush=True)
+                        fresh = measure_freshness(server_root, pg, args.drops)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    figures = report(args, ops, flow)
+    figures = report(args, ops, flow, fresh)
     body: dict[str, object] = {
         "measure": "A: µs per file of each ledger operation of a file's life (record_landed "
         "with its event, mark_sent, claim_pending of the round's files at once, finish, "
         "publish of its partition's asset row), median over rounds; B: wall seconds of one "
-        "materialize run of N new files / N. Backends alternate between rounds.",
+        "materialize run of N new files / N. Backends alternate between rounds. C: seconds from "
+        "just before a file is written into an `eventpipe up`'s inbox until every analytics "
+        "output has a new mtime, one `up` per backend on one Prefect server, drops "
+        "alternating between them.",
         "config": {
             "rounds": args.rounds,
             "files_per_round": args.files,
             "flow_rounds": args.flow_rounds,
             "flow_files": args.flow_files,
+            "freshness_drops": None if fresh is None else args.drops,
+            "freshness_warmup_drops": FRESH_WARMUP,
+            "freshness_gap_seconds": FRESH_GAP_SECONDS,
+            "freshness_drop_timeout_seconds": freshness.DROP_TIMEOUT,
+            "freshness_pipelines": {b: harness.spec(a) for b, a in FRESH_SPECS.items()},
             "pipeline": harness.spec("plain"),
             "sqlite": "WAL, synchronous=NORMAL, a file on local disk",
             "postgresql": "eventpipe.testing.postgres_server(): 127.0.0.1, fsync=off, "
-            "a fresh database per flow run",
+            "a fresh database per flow run and one for part C's `eventpipe up`",
         },
         "ops": ops,
         "flow": flow,
+        "freshness": fresh,
         "figures": figures,
     }
     facts = {

@@ -72,6 +72,11 @@ PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
             "-",
         ),
         ("flow run per file, median: PostgreSQL vs SQLite", "-"),
+        (
+            "freshness under `eventpipe up` (file written -> all analytics updated), "
+            "p50 / p95: PostgreSQL vs SQLite",
+            "-",
+        ),
     ],
 }
 """What each figure is, shown with "—" until its script has produced it."""

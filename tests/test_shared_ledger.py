@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from eventpipe.cli.loop import banner
 from eventpipe.exceptions import ConfigError
 from eventpipe.ledger import Ledger, parse_url, redacted
 from eventpipe.orchestration.server import EmbeddedServer
@@ -70,6 +71,10 @@ def test_files_become_analytics_through_a_postgresql_ledger(
         60,
         what="the analytics of both files",
     )
+    # `up` says where the ledger is, password masked.
+    shown = banner(loop.loop)
+    assert f"ledger       {redacted(parse_url(shared))}" in shown
+    assert password not in shown
     # The state is in PostgreSQL, not in a file of the data dir.
     assert not list(loop.data.rglob("*.sqlite*"))
     with Ledger(shared) as ledger:
@@ -138,3 +143,23 @@ def test_a_ledger_url_is_checked_and_never_shown_whole() -> None:
         parse_url("mysql://u:p@h/db")
     with pytest.raises(ConfigError, match="not a database URL"):
         parse_url("postgresql://u:p@host:port/db")
+
+
+def test_a_run_finds_the_ledger_in_its_environment_or_a_secret_block(
+    prefect_server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from eventpipe.run.credentials import run_ledger_url
+
+    block = "ledger-" + tmp_path.name.replace("_", "-").lower()[-20:]
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    Secret(value=url).save(block, overwrite=True)
+    monkeypatch.delenv("EVENTPIPE_LEDGER", raising=False)
+    assert run_ledger_url(None) is None  # neither: the data dir's file
+    assert run_ledger_url(block) == url
+    monkeypatch.setenv("EVENTPIPE_LEDGER", "postgresql+psycopg://u:p@h/db")
+    assert run_ledger_url(block) == "postgresql+psycopg://u:p@h/db"  # the environment first
+    monkeypatch.delenv("EVENTPIPE_LEDGER")
+    with pytest.raises(ConfigError, match="no Prefect Secret block"):
+        run_ledger_url(block + "-missing")

@@ -144,6 +144,8 @@ def print_fetch(name: str, state: Any) -> None:
 
 def banner(loop: LocalLoop) -> str:
     """What `up` prints once the loop runs: where to look and what it watches."""
+    from eventpipe.ledger import ledger_location
+
     s = loop.settings
     assert loop.pipeline is not None
     ui = loop.server.ui_url if loop.server else (s.api_url or "").removesuffix("/api")
@@ -175,6 +177,7 @@ def banner(loop: LocalLoop) -> str:
         f"  {watched}\n"
         f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
         f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
+        + (f"  ledger       {ledger_location(s)}\n" if s.ledger else "")
         + "".join(
             f"  fetch        {f.name} {f.every} -> deployment fetch/{name}-{f.name}\n"
             for f in loop.pipeline.fetches.values()
