@@ -39,9 +39,9 @@ from typing import Any
 import pandas as pd
 
 from eventpipe import demo
+from eventpipe.core.atomic import file_digest
 from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.core.models import Landed
-from eventpipe.core.storage import file_digest
 from eventpipe.events.build import sighting_event
 from eventpipe.events.outbox import flush_outbox
 from eventpipe.intake.record import record

@@ -66,7 +66,7 @@ class Harness:
 
     @property
     def data(self) -> Path:
-        return self.loop.settings.data
+        return self.loop.settings.data_dir
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -101,14 +101,14 @@ def test_a_flag_beats_the_environment_which_beats_the_toml_file(
     (tmp_path / "eventpipe.toml").write_text('data = "from-toml"\ninbox = "inbox-toml"\n')
 
     assert parsed_settings("run") is None  # nothing given: the command reads Settings() itself
-    assert Settings().data == Path("from-toml")
+    assert Settings().data_dir == Path("from-toml")
     monkeypatch.setenv("EVENTPIPE_DATA", "from-env")
     given = parsed_settings("run", "--port", "0")
     assert given is not None
-    assert (given.port, given.data, given.inbox) == (0, Path("from-env"), Path("inbox-toml"))
+    assert (given.port, given.data_dir, given.inbox) == (0, Path("from-env"), Path("inbox-toml"))
     flagged = parsed_settings("run", "--data", "from-flag")
     assert flagged is not None
-    assert (flagged.data, flagged.inbox) == (Path("from-flag"), Path("inbox-toml"))
+    assert (flagged.data_dir, flagged.inbox) == (Path("from-flag"), Path("inbox-toml"))
 
 
 def test_the_webhook_is_never_printed() -> None:

@@ -127,7 +127,7 @@ def test_deploy_registers_the_deployment_its_trigger_and_the_crash_automation_on
         "task_runner": "threads",
     }
     # What the watcher (`eventpipe up --runs worker`) checks finds nothing to complain about.
-    assert deployment_problems(deployment, project.name, project.data.resolve()) == []
+    assert deployment_problems(deployment, project.name, str(project.data.resolve())) == []
 
     (trigger,) = project.triggers()
     assert trigger.name == f"{project.name}: file landed"

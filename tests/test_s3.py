@@ -344,12 +344,3 @@ def test_outputs_are_published_to_a_bucket_too(
         body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
         published = pd.read_parquet(io.BytesIO(body))
         pd.testing.assert_frame_equal(published, loop.analytics("revenue_by_day"))
-
-
-def test_data_given_as_a_bucket_publishes_there_and_works_under_home(tmp_path: Path) -> None:
-    from eventpipe.settings import Settings
-
-    settings = Settings.model_validate({"data": "s3://results/sales", "home": tmp_path / "h"})
-    assert settings.outputs == "s3://results/sales"
-    assert settings.data == tmp_path / "h" / "data"
-    assert settings.publish_options() == {"uri": "s3://results/sales"}

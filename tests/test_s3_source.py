@@ -8,7 +8,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from eventpipe.core.storage import inside
+from eventpipe.core.atomic import inside
 from eventpipe.exceptions import ConfigError
 from eventpipe.intake.aws import BucketLocation
 from eventpipe.intake.s3 import ObjectNotice, parse_notification, relative_key

@@ -204,14 +204,13 @@ class _BodyCache:
     """The ETag / Last-Modified and the body of the last recorded response of one URL.
 
     The validators live in the fetch's state in the ledger (committed once the result is
-    recorded); the body in ``<data>/fetched/<pipeline>/.cache/`` under its sha256.
+    recorded); the body in the data dir's ``fetched/<pipeline>/.cache/`` under its sha256.
     """
 
     def __init__(self, context: FetchContext, key: str) -> None:
         self.context = context
         self.key = key
         self.kept = context.remembered(key)
-        self.folder = context.cache_dir
 
     def validators(self) -> dict[str, str]:
         out = {}
@@ -223,10 +222,12 @@ class _BodyCache:
 
     def body(self) -> bytes | None:
         digest = self.kept.get("body")
-        path = self.folder / f"{digest}.body" if digest else None
-        if path is None or not path.exists():
+        if not digest:
             return None
-        content = path.read_bytes()
+        try:
+            content = self.context.store.read_bytes(self.context.body_path(str(digest)))
+        except FileNotFoundError:
+            return None
         return content if hashlib.sha256(content).hexdigest() == digest else None
 
     def stage(self, response: httpx.Response) -> None:
@@ -235,12 +236,9 @@ class _BodyCache:
         if not etag and not modified:
             return
         digest = hashlib.sha256(response.content).hexdigest()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{digest}.body"
-        if not path.exists():
-            tmp = path.with_name(f".{digest}.tmp")
-            tmp.write_bytes(response.content)
-            tmp.replace(path)
+        path = self.context.body_path(digest)
+        if not self.context.store.exists(path):  # named after its content: written once
+            self.context.store.write_bytes(path, response.content)
         self.context.keep(self.key, {"etag": etag, "last_modified": modified, "body": digest})
 
 

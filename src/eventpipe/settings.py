@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,17 @@ def check_task_runner(value: str) -> str:
     )
 
 
+CACHE_FOLDER = "cache"
+
+
+def cache_dir(home: Path | None = None) -> Path:
+    """The disposable local cache under ``home`` (else ``EVENTPIPE_HOME``, else ``.eventpipe``):
+    staged downloads and the tasks' cache records when the data dir is a bucket. Nothing there
+    is needed to be correct; deleting it costs only recomputation."""
+    base = home if home is not None else Path(os.environ.get("EVENTPIPE_HOME", ".eventpipe"))
+    return base.resolve() / CACHE_FOLDER
+
+
 class Settings(BaseSettings):
     """Every knob of eventpipe. Relative paths are taken from the working directory."""
 
@@ -39,8 +51,11 @@ class Settings(BaseSettings):
         description="The pipeline: 'package.module:name' or 'path/file.py:name'.",
     )
     inbox: Path = Field(default=Path("inbox"), description="Folder watched for new files.")
-    data: Path = Field(
-        default=Path("data"), description="Where outputs, versions and the ledger live."
+    data: str = Field(
+        default="data",
+        description="Where outputs, versions and raw snapshots live: a folder (the ledger too,"
+        " by default) or s3://bucket/prefix (all of it in the bucket; the ledger must then be"
+        " a database: --ledger or --ledger-block).",
     )
     # A database URL carries its password: SecretStr keeps it out of reprs, logs and dumps.
     ledger: SecretStr | None = Field(
@@ -138,8 +153,8 @@ class Settings(BaseSettings):
     )
     outputs: str | None = Field(
         default=None,
-        description="Also publish current processed and analytics outputs to s3://bucket/prefix"
-        " (given as --data s3://..., the local data dir moves under home).",
+        description="Also publish copies of the current processed and analytics outputs of a"
+        " local data dir to s3://bucket/prefix.",
     )
 
     @field_validator("task_runner")
@@ -147,18 +162,43 @@ class Settings(BaseSettings):
     def _known_task_runner(cls, value: str) -> str:
         return check_task_runner(value)  # a ConfigError, not a ValidationError: said as is
 
-    @model_validator(mode="before")
+    @field_validator("data", mode="before")
     @classmethod
-    def _data_in_a_bucket(cls, values: Any) -> Any:
-        """``data = "s3://..."`` means: publish outputs there, keep working files under home."""
-        if isinstance(values, dict) and str(values.get("data", "")).startswith("s3://"):
-            values = dict(values)
-            values["outputs"] = str(values.pop("data"))
-            values["data"] = Path(str(values.get("home", ".eventpipe"))) / "data"
-        return values
+    def _data_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _bucket_data_needs_a_database(self) -> Settings:
+        if self.data_in_bucket:
+            if not self.ledger and not self.ledger_block:
+                raise ConfigError(
+                    f"--data {self.data}: a bucket cannot hold the ledger (SQLite needs a local"
+                    " disk); give the ledger's database too: --ledger"
+                    " postgresql+psycopg://user@host/db (or EVENTPIPE_LEDGER), or --ledger-block"
+                    " NAME for a Prefect Secret block holding that URL"
+                )
+            if self.outputs:
+                raise ConfigError(
+                    "outputs copies a local data dir's outputs to a bucket; with --data in a"
+                    " bucket they are there already: drop outputs"
+                )
+        return self
+
+    @property
+    def data_in_bucket(self) -> bool:
+        """Whether the data dir is ``s3://bucket/prefix`` (else a local folder)."""
+        return self.data.startswith("s3://")
+
+    @property
+    def data_dir(self) -> Path:
+        """The local data dir. A bucket has none: callers that need one check
+        :attr:`data_in_bucket` first (a :class:`ConfigError` says so otherwise)."""
+        if self.data_in_bucket:
+            raise ConfigError(f"--data {self.data} is a bucket; this needs a local data dir")
+        return Path(self.data)
 
     def publish_options(self) -> dict[str, str] | None:
-        """Where and how a flow run publishes outputs (names and URLs only, no secrets)."""
+        """Where and how a flow run publishes copies of outputs (names and URLs only)."""
         if not self.outputs:
             return None
         options = {
@@ -189,7 +229,7 @@ class Settings(BaseSettings):
         return self.model_copy(
             update={
                 "inbox": self.inbox.resolve(),
-                "data": self.data.resolve(),
+                "data": self.data if self.data_in_bucket else str(self.data_dir.resolve()),
                 "home": self.home.resolve(),
             }
         )

@@ -87,7 +87,7 @@ def is_spec(pipeline: str) -> bool:
     return ":" in pipeline
 
 
-def unknown_pipeline(name: str, data: Path, known: list[str]) -> ConfigError:
+def unknown_pipeline(name: str, data: Path | str, known: list[str]) -> ConfigError:
     listed = ", ".join(known) if known else "none yet"
     return ConfigError(
         f"the ledger under {data} knows no pipeline {name!r} (it knows: {listed}); give its"
@@ -96,7 +96,7 @@ def unknown_pipeline(name: str, data: Path, known: list[str]) -> ConfigError:
     )
 
 
-def ledger_pipelines(ledger: Ledger, data: Path, wanted: str | None) -> list[str]:
+def ledger_pipelines(ledger: Ledger, data: Path | str, wanted: str | None) -> list[str]:
     """The names of the pipelines a ledger command is about: ``wanted`` (a name or a spec)
     when given, else every pipeline in the ledger."""
     known = ledger.pipelines()

@@ -46,6 +46,7 @@ def deploy(*, settings: Annotated[Settings | None, DEPLOY_SETTINGS] = None) -> N
         os.environ["PREFECT_API_URL"] = s.api_url
     from prefect.settings import get_current_settings
 
+    from eventpipe.intake.aws import store_options
     from eventpipe.orchestration import automations
     from eventpipe.orchestration.deploy import deploy_to_pool, has_secret_block
     from eventpipe.pipeline import absolute_spec, load_pipeline
@@ -65,6 +66,7 @@ def deploy(*, settings: Annotated[Settings | None, DEPLOY_SETTINGS] = None) -> N
         publish=s.publish_options(),
         task_runner=s.task_runner,
         ledger_block=s.ledger_block,
+        storage=store_options(s),
     )
     console.print(
         f"{what:9} deployment materialize/{pipe.name} on work pool {s.pool}, with trigger"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
@@ -75,7 +74,6 @@ def up(
         signal.signal(sig, lambda *_: stop.set())
 
     configured = settings_or_configured(settings)
-    share_ledger(configured)
     loop = LocalLoop(configured, on_run=print_run, on_fetch=print_fetch)
     console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
     try:
@@ -97,17 +95,6 @@ def up(
         )
         loop.stop()
         console.print("stopped.")
-
-
-def share_ledger(settings: Settings) -> None:
-    """Put ``--ledger`` into this process's environment as ``EVENTPIPE_LEDGER``: where the runs
-    it executes (and the processes it starts) look for the ledger, since a URL with a password
-    never travels in a run's parameters."""
-    from eventpipe.ledger import LEDGER_ENV, ledger_url
-
-    url = ledger_url(settings)
-    if url:
-        os.environ[LEDGER_ENV] = url
 
 
 def print_run(name: str, state: Any) -> None:
@@ -150,6 +137,7 @@ def banner(loop: LocalLoop) -> str:
     assert loop.pipeline is not None
     ui = loop.server.ui_url if loop.server else (s.api_url or "").removesuffix("/api")
     name = loop.pipeline.name
+    data = s.data.rstrip("/")
     watched = (
         f"bucket       {loop.source_description}  (upload .csv .csv.gz .json .jsonl .parquet)"
         if s.watches_bucket
@@ -175,8 +163,8 @@ def banner(loop: LocalLoop) -> str:
         + (f"  tasks        {loop.task_runner_description}\n" if s.task_runner != "threads" else "")
         + f"  pipeline     {name} ({loop.spec}) -> deployment materialize/{name}\n"
         f"  {watched}\n"
-        f"  analytics    {s.data / 'analytics' / name}/<asset>.parquet\n"
-        f"  partitions   {s.data / 'processed' / name}/<step>/<file>.parquet\n"
+        f"  analytics    {data}/analytics/{name}/<asset>.parquet\n"
+        f"  partitions   {data}/processed/{name}/<step>/<file>.parquet\n"
         + (f"  ledger       {ledger_location(s)}\n" if s.ledger else "")
         + "".join(
             f"  fetch        {f.name} {f.every} -> deployment fetch/{name}-{f.name}\n"
@@ -205,6 +193,8 @@ def run(*, settings: Annotated[Settings | None, RUN_SETTINGS] = None) -> None:
     """Process every new or changed file in the inbox once, without watching, then exit."""
     setup_logging(False)
     resolved = settings_or_configured(settings).resolved()
+    from eventpipe.ledger import share_ledger
+
     share_ledger(resolved)
     # Imported here: running brings Prefect, which `eventpipe --help` must not load.
     from eventpipe.orchestration.server import configure_api
@@ -216,6 +206,7 @@ def run(*, settings: Annotated[Settings | None, RUN_SETTINGS] = None) -> None:
         server.start()
     try:
         # Imported once the API is configured: Prefect reads its settings at import.
+        from eventpipe.intake.aws import store_options
         from eventpipe.intake.record import scan_once
         from eventpipe.run.flow import materialize_pipeline
 
@@ -223,8 +214,9 @@ def run(*, settings: Annotated[Settings | None, RUN_SETTINGS] = None) -> None:
         console.print(f"{found} file(s) recorded")
         summary = materialize_pipeline(
             absolute_spec(resolved.pipeline),
-            str(resolved.data),
+            resolved.data,
             task_runner=resolved.task_runner,
+            storage=store_options(resolved),
         )
         console.print_json(json.dumps(summary))
     finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -23,8 +24,22 @@ def suffix_of(name: str) -> str | None:
     return next((s for s in SUFFIXES if lower.endswith(s)), None)
 
 
-def _csv(path: Path, compression: Literal["gzip"] | None = None) -> pd.DataFrame:
-    frame = pd.read_csv(path, compression=compression, encoding="utf-8", encoding_errors="strict")
+Source = Path | bytes
+"""A file to read: a local path, or the bytes of an object read from a bucket."""
+
+
+def _open(source: Source) -> Path | io.BytesIO:
+    return source if isinstance(source, Path) else io.BytesIO(source)
+
+
+def _bytes(source: Source) -> bytes:
+    return source.read_bytes() if isinstance(source, Path) else source
+
+
+def _csv(path: Source, compression: Literal["gzip"] | None = None) -> pd.DataFrame:
+    frame = pd.read_csv(
+        _open(path), compression=compression, encoding="utf-8", encoding_errors="strict"
+    )
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         # pandas silently turns the first fields into the index when the rows have more fields
         # than the header; the step would never see them. (Row numbers 0, 1, ... are what a
@@ -36,12 +51,12 @@ def _csv(path: Path, compression: Literal["gzip"] | None = None) -> pd.DataFrame
     return frame
 
 
-def _csv_gz(path: Path) -> pd.DataFrame:
+def _csv_gz(path: Source) -> pd.DataFrame:
     return _csv(path, compression="gzip")
 
 
-def _json(path: Path) -> pd.DataFrame:
-    data = json.loads(path.read_text(encoding="utf-8"))
+def _json(path: Source) -> pd.DataFrame:
+    data = json.loads(_bytes(path).decode("utf-8"))
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -49,9 +64,9 @@ def _json(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(data)
 
 
-def _jsonl(path: Path) -> pd.DataFrame:
+def _jsonl(path: Source) -> pd.DataFrame:
     records = []
-    with path.open(encoding="utf-8") as lines:
+    with io.TextIOWrapper(_binary(path), encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -70,11 +85,15 @@ def _jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+def _binary(source: Source) -> BinaryIO:
+    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
 
 
-_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+def _parquet(path: Source) -> pd.DataFrame:
+    return pd.read_parquet(_open(path))
+
+
+_READERS: dict[str, Callable[[Source], pd.DataFrame]] = {
     ".csv": _csv,
     ".csv.gz": _csv_gz,
     ".json": _json,
@@ -83,8 +102,8 @@ _READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
 }
 
 
-def read_frame(path: Path, suffix: str) -> pd.DataFrame:
-    """Read ``path`` as the format its ``suffix`` names.
+def read_frame(path: Source, suffix: str) -> pd.DataFrame:
+    """Read ``path`` (a local file, or an object's bytes) as the format its ``suffix`` names.
 
     Raises:
         RejectedInput: empty, malformed, badly encoded or unsupported input, with the reason.
@@ -92,10 +111,10 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
     reader = _READERS.get(suffix)
     if reader is None:
         raise RejectedInput(f"unsupported file type; use one of {', '.join(SUFFIXES)}")
-    if path.stat().st_size == 0:
+    if (path.stat().st_size if isinstance(path, Path) else len(path)) == 0:
         raise RejectedInput("file is empty; drop it again once it holds data")
     if suffix in (".csv", ".json", ".jsonl"):
-        with path.open("rb") as fh:
+        with _binary(path) as fh:
             if b"\x00" in fh.read(65536):
                 raise RejectedInput(
                     f"binary data (NUL bytes) in a text file; is it really {suffix}? "
@@ -130,19 +149,19 @@ def read_frame(path: Path, suffix: str) -> pd.DataFrame:
     return frame
 
 
-def error_gist(exc: BaseException, path: Path | None = None) -> str:
+def error_gist(exc: BaseException, path: Source | None = None) -> str:
     """The first line of a library's error, without pandas' prefix or the snapshot's path."""
     text = str(exc).strip()
-    if path is not None:
+    if isinstance(path, Path):
         text = text.replace(str(path), "the file")
     text = text.removeprefix("Error tokenizing data. C error: ")
     lines = text.splitlines()
     return lines[0][:300].rstrip(".") if lines else type(exc).__name__
 
 
-def _decode_error(path: Path, suffix: str, exc: UnicodeDecodeError) -> str:
+def _decode_error(path: Source, suffix: str, exc: UnicodeDecodeError) -> str:
     """Where the first invalid byte is: pandas reports offsets into its own buffer."""
-    data = gzip.decompress(path.read_bytes()) if suffix == ".csv.gz" else path.read_bytes()
+    data = gzip.decompress(_bytes(path)) if suffix == ".csv.gz" else _bytes(path)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as full:

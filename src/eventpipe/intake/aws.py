@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from eventpipe.core.fs import DataStore, parse_data
 from eventpipe.exceptions import ConfigError, SourceError
 from eventpipe.settings import Settings
 
@@ -89,6 +90,46 @@ def aws_clients(settings: Settings) -> tuple[Any, Any]:
     if settings.region and "region_name" not in params and session.region_name is None:
         params["region_name"] = settings.region
     return session.client("s3", **params), session.client("sqs", **params)
+
+
+STORE_OPTIONS = ("endpoint_url", "region", "aws_credentials_block", "s3_bucket_block")
+"""Settings a run needs to reach a bucket data dir: names and URLs, never a secret (they are
+deployment parameters)."""
+
+
+def store_options(settings: Settings) -> dict[str, str] | None:
+    """How a run reaches ``settings``' data dir, when it is a bucket (else None)."""
+    if not settings.data_in_bucket:
+        return None
+    values = {name: getattr(settings, name) for name in STORE_OPTIONS}
+    return {k: str(v) for k, v in values.items() if v}
+
+
+def open_data_store(data: str, options: dict[str, str] | None = None) -> DataStore:
+    """The store of the data dir ``data`` (a path or ``s3://bucket/prefix``). For a bucket,
+    credentials come the Prefect way, as for the source: the ``S3Bucket`` or ``AwsCredentials``
+    block ``options`` names, else the standard chain; its endpoint is ``endpoint_url``, else
+    the block's, else ``AWS_ENDPOINT_URL``."""
+    if not data.startswith("s3://"):
+        return parse_data(data)
+    options = options or {}
+    credentials: Any = None
+    endpoint_url, region = options.get("endpoint_url"), options.get("region")
+    if options.get("s3_bucket_block") or options.get("aws_credentials_block"):
+        try:
+            from prefect_aws import AwsCredentials, S3Bucket
+        except ImportError as exc:  # pragma: no cover
+            raise ConfigError(INSTALL_HINT) from exc
+        if options.get("s3_bucket_block"):
+            credentials = _load_block(S3Bucket, options["s3_bucket_block"]).credentials
+        else:
+            credentials = _load_block(AwsCredentials, options["aws_credentials_block"])
+        client_parameters = getattr(credentials, "aws_client_parameters", None)
+        if client_parameters is not None:
+            block_params = client_parameters.get_params_override()
+            endpoint_url = endpoint_url or block_params.get("endpoint_url")
+        region = region or getattr(credentials, "region_name", None)
+    return parse_data(data, endpoint_url=endpoint_url, region=region, credentials=credentials)
 
 
 def bucket_location(settings: Settings) -> BucketLocation:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from watchfiles import Change, watch
 
+from eventpipe.core.atomic import file_digest
 from eventpipe.core.keys import file_uri
 from eventpipe.core.models import Landed
 from eventpipe.core.readers import SUFFIXES, suffix_of
-from eventpipe.core.storage import file_digest
 from eventpipe.intake.filters import InboxFilter
 
 log = logging.getLogger("eventpipe.sources.local")

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
+from eventpipe.core.atomic import write_atomic
 from eventpipe.core.models import Landed
 from eventpipe.core.readers import suffix_of
-from eventpipe.core.storage import write_atomic
+from eventpipe.core.storage import Storage
 from eventpipe.exceptions import SourceError
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class BucketSource:
         clients: tuple[Any, Any],
         *,
         staging: Path,
-        snapshot_path: Callable[[str, str], Path],
+        store: Storage,
         seen: Callable[[str, str], SeenObject | None],
         on_landed: Callable[[Landed], None],
         on_rejected: Callable[[Landed, str], None],
@@ -119,7 +120,7 @@ class BucketSource:
         self.queue_url = queue_url
         self.s3, self.sqs = clients
         self.staging = staging
-        self.snapshot_path = snapshot_path
+        self.store = store
         self.seen = seen
         self.on_landed = on_landed
         self.on_rejected = on_rejected
@@ -216,7 +217,7 @@ class BucketSource:
                 size=notice.size,
                 fingerprint=known.sha256,
                 source="s3",
-                local_path=str(self.snapshot_path(known.sha256, suffix)),
+                local_path=self.store.raw_snapshot_path(known.sha256, suffix),
                 tag=notice.etag,
                 stamp=stamp,
             )
@@ -251,7 +252,7 @@ class BucketSource:
         fetched = self._fetch(notice, suffix)
         if fetched is None:
             return 0
-        sha256, size, stamp, path = fetched
+        sha256, size, stamp, snapshot = fetched
         self.on_landed(
             Landed(
                 uri=uri,
@@ -259,7 +260,7 @@ class BucketSource:
                 size=size,
                 fingerprint=sha256,
                 source="s3",
-                local_path=str(path),
+                local_path=snapshot,
                 tag=notice.etag,
                 stamp=stamp,
             )
@@ -277,8 +278,9 @@ class BucketSource:
             raise
         return _stamp(head["LastModified"])
 
-    def _fetch(self, notice: ObjectNotice, suffix: str) -> tuple[str, int, str, Path] | None:
-        """Stream the object (only the version the notice names) into the raw store."""
+    def _fetch(self, notice: ObjectNotice, suffix: str) -> tuple[str, int, str, str] | None:
+        """Stream the object (only the version the notice names) into the raw store; returns
+        its sha256, size, LastModified and the snapshot's location."""
         try:
             reply = self.s3.get_object(
                 Bucket=self.location.bucket, Key=notice.key, IfMatch=f'"{notice.etag}"'
@@ -308,11 +310,17 @@ class BucketSource:
         target, (sha256, size) = write_atomic(
             self.staging,
             stream,
-            lambda done: self.snapshot_path(done[0], suffix).name,
+            lambda done: f"{done[0]}{suffix}",
             suffix=suffix,
             keep_existing=True,
         )
-        return sha256, size, _stamp(reply["LastModified"]), target
+        snapshot = self.store.raw_snapshot_path(sha256, suffix)
+        if snapshot != str(target):  # staged on this host, kept in the data dir's bucket
+            try:
+                self.store.snapshot_raw(target, sha256, suffix)
+            finally:
+                target.unlink(missing_ok=True)
+        return sha256, size, _stamp(reply["LastModified"]), snapshot
 
 
 def _stamp(value: datetime | str) -> str:

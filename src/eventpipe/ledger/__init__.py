@@ -19,6 +19,7 @@ from eventpipe.ledger.store import (
     ledger_location,
     ledger_path,
     ledger_url,
+    share_ledger,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "ledger_url",
     "parse_url",
     "redacted",
+    "share_ledger",
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -28,13 +27,15 @@ class FetchScheduler:
         *,
         pipeline: Pipeline,
         spec: str,
-        data: Path,
+        data: str,
+        storage: dict[str, str] | None,
         sweep_seconds: float,
         on_fetch: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.spec = spec
         self.data = data
+        self.storage = storage
         self.sweep_seconds = sweep_seconds
         self.on_fetch = on_fetch
         self.deployment_ids: dict[str, UUID] = {}
@@ -44,7 +45,7 @@ class FetchScheduler:
     def start(self) -> FetchScheduler:
         if not self.pipeline.fetches:
             return self
-        self.deployment_ids = register_fetches(self.pipeline, self.spec, self.data)
+        self.deployment_ids = register_fetches(self.pipeline, self.spec, self.data, self.storage)
         for name, deployment_id in self.deployment_ids.items():
             crash_orphaned_runs(deployment_id)
             missed = skip_missed_runs(deployment_id)

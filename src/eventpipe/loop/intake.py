@@ -8,14 +8,20 @@ import threading
 from collections.abc import Callable
 
 from eventpipe.core.models import Landed
-from eventpipe.core.storage import Storage, quarantine, quarantine_note
+from eventpipe.core.storage import Storage
 from eventpipe.events.build import rejected_event
-from eventpipe.intake.aws import aws_clients, bucket_location, resolve_queue
+from eventpipe.intake.aws import (
+    aws_clients,
+    bucket_location,
+    open_data_store,
+    resolve_queue,
+    store_options,
+)
 from eventpipe.intake.local import FolderSource, Rejected
 from eventpipe.intake.record import record
 from eventpipe.intake.s3 import BucketSource, SeenObject
 from eventpipe.ledger import Ledger
-from eventpipe.settings import Settings
+from eventpipe.settings import Settings, cache_dir
 
 log = logging.getLogger("eventpipe")
 
@@ -39,6 +45,7 @@ class Intake:
         """Wakes the outbox pump: a recorded file's event goes out at once."""
         self._stop = stop
         self._thread: threading.Thread | None = None
+        self.store = Storage(open_data_store(settings.data, store_options(settings)), pipeline)
 
     def start(self, ready_timeout: float = 60) -> Intake:
         """Start watching; return once the first scan (or listing) is done."""
@@ -80,8 +87,11 @@ class Intake:
             bucket_location(s),
             resolve_queue(clients[1], s.queue),
             clients,
-            staging=s.data / "raw" / name,
-            snapshot_path=Storage(s.data, name).raw_snapshot_path,
+            # A local data dir stages into its raw store; a bucket's through the local cache.
+            staging=cache_dir(s.home) / "staging" / name
+            if s.data_in_bucket
+            else s.data_dir / "raw" / name,
+            store=self.store,
             seen=seen,
             on_landed=self.on_landed,
             on_rejected=self.on_bucket_rejected,
@@ -107,14 +117,7 @@ class Intake:
             source="local",
             local_path=str(rejected.path),
         )
-        target = quarantine(
-            self.settings.data,
-            self.pipeline,
-            rejected.path,
-            rejected.relative,
-            rejected.reason,
-            None,
-        )
+        target = self.store.quarantine(rejected.path, rejected.relative, rejected.reason, None)
         self.ledger.record_rejected(
             self.pipeline,
             landed,
@@ -126,9 +129,7 @@ class Intake:
 
     def on_bucket_rejected(self, landed: Landed, reason: str) -> None:
         """Refused before reading: the object stays in the bucket; quarantine holds a note."""
-        note = quarantine_note(
-            self.settings.data, self.pipeline, landed.relative, reason, None, landed.uri
-        )
+        note = self.store.quarantine_note(landed.relative, reason, None, landed.uri)
         self.ledger.record_rejected(
             self.pipeline, landed, reason, lambda row: rejected_event(row, reason, str(note))
         )

@@ -125,6 +125,12 @@ class LocalLoop:
 
     @property
     def data(self) -> Path:
+        """The local data dir (a bucket data dir has none: see :attr:`data_location`)."""
+        return self.settings.data_dir
+
+    @property
+    def data_location(self) -> str:
+        """The data dir: a folder's path, or ``s3://bucket/prefix``."""
         return self.settings.data
 
     @property
@@ -147,11 +153,13 @@ class LocalLoop:
             server.start()
         # Prefect reads its settings once, at import: what imports it loads only now that
         # configure_api has pointed it at the server.
+        from eventpipe.intake.aws import store_options
         from eventpipe.loop.fetches import FetchScheduler
         from eventpipe.loop.runs import RunsHere, RunsOnWorkers
         from eventpipe.run.deliver import prefect_sender
 
-        s.data.mkdir(parents=True, exist_ok=True)
+        if not s.data_in_bucket:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.of(s)
         pump = OutboxPump(ledger, prefect_sender()).start()
         runs: RunsHere | RunsOnWorkers = (
@@ -164,6 +172,7 @@ class LocalLoop:
                 pipeline=pipeline,
                 spec=self.spec,
                 data=s.data,
+                storage=store_options(s),
                 sweep_seconds=s.sweep_seconds,
                 on_fetch=self.on_fetch,
             )

@@ -13,13 +13,14 @@ Each gives the loop its janitor and the deployment's id (once known).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventpipe.ledger import Ledger
+from eventpipe.intake.aws import store_options
+from eventpipe.ledger import Ledger, share_ledger
 from eventpipe.orchestration import deploy
 from eventpipe.orchestration.janitor import FoundDeployment, HereJanitor, WorkerJanitor
 from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs
@@ -64,13 +65,16 @@ class RunsHere:
 
     def start(self) -> RunsHere:
         s, name = self.settings, self.pipeline.name
+        # The runs execute in this process: their disposable cache is this loop's home's.
+        os.environ["EVENTPIPE_HOME"] = str(s.home.resolve())
+        share_ledger(s)  # ... and the ledger URL, which never travels in their parameters
         warm_up(self.spec)
         task_runner = s.task_runner
         if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
             self._dask = LocalDask(self.spec)
             task_runner = self._dask.start()
         deployment_id = deploy.register(
-            self.pipeline, self.spec, s.data, s.publish_options(), task_runner
+            self.pipeline, self.spec, s.data, s.publish_options(), task_runner, store_options(s)
         )
         self.deployment_id = deployment_id
         runner = PushRunner(
@@ -173,7 +177,7 @@ class RunsOnWorkers:
         """Nothing to stop: no run executes here."""
 
 
-def _find_deployment(pipeline: str, data: Path) -> FoundDeployment | None:
+def _find_deployment(pipeline: str, data: str) -> FoundDeployment | None:
     found = find_deployment(pipeline)
     if found is None:
         return None

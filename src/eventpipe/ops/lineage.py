@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Literal
 
 from eventpipe.core.keys import asset_key, file_uri
-from eventpipe.core.storage import Storage
 from eventpipe.ledger import AssetRow, FileRow, Ledger, ledger_path
 from eventpipe.pipeline import Pipeline
 
@@ -195,7 +194,7 @@ def build_graph(
     files: Sequence[FileRow],
     assets: Sequence[AssetRow],
     *,
-    data: Path,
+    data: Path | str,
     now: float,
     stale_minutes: float = 60,
     max_raw_nodes: int = MAX_RAW_NODES,
@@ -203,7 +202,6 @@ def build_graph(
     """The asset graph of ``pipeline``: ``files`` are the current rows of its files
     (``Ledger.latest_files``), ``assets`` its current asset rows (``Ledger.assets``), ``data``
     the data directory (for the keys of assets not built yet)."""
-    store = Storage(data, pipeline.name)
     failing = failing_files(files)
     nodes = _raw_nodes(files, failing, max_raw_nodes)
     raw_ids = [n.id for n in nodes]
@@ -229,7 +227,7 @@ def build_graph(
             id=f"processed_{step.name}",
             kind="processed",
             name=step.name,
-            key=asset_key(file_uri(store.processed_path(step.name, "_").parent)),
+            key=output_key(data, f"processed/{pipeline.name}/{step.name}"),
             version=_partitions_version(parts) if parts else None,
             updated_at=updated,
             rows=sum(a.rows for a in parts) if parts else None,
@@ -253,7 +251,9 @@ def build_graph(
             id=f"analytics_{step.name}",
             kind="analytics",
             name=step.name,
-            key=row.key if row else asset_key(file_uri(store.analytics_path(step.name))),
+            key=row.key
+            if row
+            else output_key(data, f"analytics/{pipeline.name}/{step.name}.parquet"),
             version=row.version if row else None,
             updated_at=row.updated_at if row else None,
             rows=row.rows if row else None,
@@ -264,13 +264,14 @@ def build_graph(
 
 
 def read_graph(
-    pipeline: Pipeline, data: Path, *, stale_minutes: float = 60, ledger: str | None = None
+    pipeline: Pipeline, data: Path | str, *, stale_minutes: float = 60, ledger: str | None = None
 ) -> Graph:
     """The graph of ``pipeline`` now, from the ledger at database URL ``ledger`` or else the
     one under ``data`` (every asset is missing before anything has run)."""
     files: list[FileRow] = []
     assets: list[AssetRow] = []
-    if ledger is not None or ledger_path(data).exists():
+    in_bucket = str(data).startswith("s3://")
+    if ledger is not None or (not in_bucket and ledger_path(Path(data)).exists()):
         book = Ledger.open(data, ledger)
         try:
             files, assets = book.latest_files(pipeline.name), book.assets(pipeline.name)
@@ -279,6 +280,15 @@ def read_graph(
     return build_graph(
         pipeline, files, assets, data=data, now=time.time(), stale_minutes=stale_minutes
     )
+
+
+def output_key(data: Path | str, relative: str) -> str:
+    """The asset key of ``relative`` in the data dir ``data`` (a path or ``s3://...``), as a
+    run names it (:meth:`eventpipe.core.storage.Storage.key`) without opening the store."""
+    text = str(data)
+    if text.startswith("s3://"):
+        return asset_key(f"{text.rstrip('/')}/{relative}")
+    return asset_key(file_uri(Path(text) / relative))
 
 
 def _step_id(pipeline: Pipeline, name: str) -> str:

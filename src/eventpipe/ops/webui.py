@@ -156,7 +156,7 @@ def _row(node: Node, now: float, prefect_ui: str) -> str:
 
 def serve(
     pipeline: Pipeline,
-    data: Path,
+    data: Path | str,
     *,
     host: str = "127.0.0.1",
     port: int = 8787,

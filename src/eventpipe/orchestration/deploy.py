@@ -37,15 +37,28 @@ def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
     )
 
 
+def data_parameter(data: Path | str) -> str:
+    """The data dir as the runs get it: an absolute path, or ``s3://bucket/prefix`` as it is."""
+    text = str(data)
+    return text if text.startswith("s3://") else str(Path(text).resolve())
+
+
 def register(
     pipeline: Pipeline,
     spec: str,
-    data: Path,
+    data: Path | str,
     publish: dict[str, str] | None = None,
     task_runner: str = "threads",
+    storage: dict[str, str] | None = None,
 ) -> UUID:
     """Create or update deployment ``materialize/<pipeline>`` and its trigger, unpaused."""
-    parameters: dict[str, Any] = {"pipeline": spec, "data": str(data.resolve()), "publish": publish}
+    parameters: dict[str, Any] = {
+        "pipeline": spec,
+        "data": data_parameter(data),
+        "publish": publish,
+    }
+    if storage:
+        parameters["storage"] = storage
     if task_runner != "threads":
         parameters["task_runner"] = task_runner
     deployment: RunnerDeployment = materialize_pipeline.to_deployment(  # type: ignore[assignment]
@@ -93,12 +106,13 @@ def has_secret_block(name: str) -> bool:
 def deploy_to_pool(
     pipeline: Pipeline,
     spec: str,
-    data: Path,
+    data: Path | str,
     pool: str,
     *,
     publish: dict[str, str] | None = None,
     task_runner: str = "threads",
     ledger_block: str | None = None,
+    storage: dict[str, str] | None = None,
 ) -> tuple[UUID, str]:
     """Create or update deployment ``materialize/<pipeline>`` on work pool ``pool``, with its
     landed-file trigger, unpaused; returns its id and "created", "updated" or "unchanged"
@@ -110,11 +124,13 @@ def deploy_to_pool(
     require_work_pool(pool)
     parameters: dict[str, Any] = {
         "pipeline": spec,
-        "data": str(data.resolve()),
+        "data": data_parameter(data),
         "task_runner": task_runner,
     }
     if publish:
         parameters["publish"] = publish
+    if storage:
+        parameters["storage"] = storage
     if ledger_block:
         parameters["ledger_block"] = ledger_block
     trigger = landed_trigger(pipeline.name)
@@ -213,7 +229,9 @@ def fetch_schedule(fetch: Fetch, *, active: bool = True) -> Any:
     return Interval(fetch.interval, timezone=fetch.timezone, active=active, slug=fetch.name)
 
 
-def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUID]:
+def register_fetches(
+    pipeline: Pipeline, spec: str, data: Path | str, storage: dict[str, str] | None = None
+) -> dict[str, UUID]:
     """Create or update deployment ``fetch/<pipeline>-<fetch>`` with its schedule for each
     ``@pipeline.fetch``. A deployment or schedule paused in the UI stays paused."""
     ids: dict[str, UUID] = {}
@@ -230,7 +248,12 @@ def register_fetches(pipeline: Pipeline, spec: str, data: Path) -> dict[str, UUI
                 active = all(s.active for s in existing.schedules or [])
         deployment: RunnerDeployment = fetch_source.to_deployment(  # type: ignore[assignment]
             name=name,
-            parameters={"pipeline": spec, "fetch": fetch.name, "data": str(data.resolve())},
+            parameters={
+                "pipeline": spec,
+                "fetch": fetch.name,
+                "data": data_parameter(data),
+                **({"storage": storage} if storage else {}),
+            },
             schedules=[fetch_schedule(fetch, active=active)],
             paused=paused,
             description=f"Fetches {fetch.name!r} of pipeline {pipeline.name!r} {fetch.every}; "

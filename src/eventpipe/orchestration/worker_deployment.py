@@ -44,7 +44,7 @@ def find_deployment(pipeline: str) -> DeploymentResponse | None:
             return None
 
 
-def deployment_problems(deployment: DeploymentResponse, pipeline: str, data: Path) -> list[str]:
+def deployment_problems(deployment: DeploymentResponse, pipeline: str, data: str) -> list[str]:
     """What in the deployment disagrees with this watcher: the runs would read another ledger
     or load another pipeline, and the files recorded here would wait forever."""
     params: dict[str, Any] = deployment.parameters or {}
@@ -55,10 +55,10 @@ def deployment_problems(deployment: DeploymentResponse, pipeline: str, data: Pat
             f"its parameter data is {where!r}: deploy again with `eventpipe deploy --data DIR`,"
             " or with EVENTPIPE_DATA (an absolute path) set for `prefect deploy`"
         )
-    elif Path(where) != data:
+    elif where != data and (data.startswith("s3://") or Path(where) != Path(data)):
         problems.append(
             f"its runs write to data={where} but this watcher records into {data}: the two must"
-            " be the same directory (the same shared volume, mounted at the same path)"
+            " be the same bucket prefix (or the same shared directory, at the same path)"
         )
     if not deployment.work_pool_name:
         problems.append(

@@ -9,7 +9,6 @@ from typing import Any
 
 from prefect.client.schemas.objects import State
 
-from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.core.models import AnalyticsInputs, Output
 from eventpipe.ledger import AssetRow
 from eventpipe.pipeline import Step
@@ -65,7 +64,7 @@ def run_analytics(run: RunContext, changed: dict[str, list[str]], logger: Any) -
                     out,
                     "",
                     inputs.upstream,
-                    [asset_key(file_uri(run.store.analytics_path(n))) for n in inputs.upstream],
+                    [run.store.key(run.store.analytics_path(n)) for n in inputs.upstream],
                 )
 
 
@@ -90,7 +89,7 @@ def _prepare_analytics(
             if name not in versions:
                 return None
             upstream[name] = versions[name]
-            deps.append(asset_key(file_uri(store.analytics_path(name))))
+            deps.append(store.key(store.analytics_path(name)))
     inputs = AnalyticsInputs(name=step.name, partitions=partitions, upstream=upstream)
     previous = ledger.asset(pipe.name, step.name)
     same = (
@@ -98,13 +97,13 @@ def _prepare_analytics(
         and previous.input_fingerprint == inputs.fingerprint
         and previous.code_version == step.code_version
     )
-    exists = previous is not None and store.version_path(step.name, previous.version).exists()
+    exists = previous is not None and store.exists(store.version_path(step.name, previous.version))
     if same and exists:
         return None, inputs, False, previous
     refresh = same and not exists
     task = materializing_task(
         analytics,
-        asset_key(file_uri(store.analytics_path(step.name))),
+        store.key(store.analytics_path(step.name)),
         f"{pipe.name}/{step.name}",
         task_options(run, step),
         deps[:MAX_ASSET_DEPS],

@@ -8,16 +8,16 @@ import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from eventpipe.core.fs import DataStore
 from eventpipe.core.models import AnalyticsInputs, RawFile
 from eventpipe.core.readers import error_gist, read_frame
-from eventpipe.core.storage import Storage, write_atomic
+from eventpipe.core.storage import Storage
 from eventpipe.exceptions import EventpipeError, RejectedInput
+from eventpipe.intake.aws import open_data_store
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext, TaskHome, cached_pipeline
 
@@ -73,20 +73,33 @@ def compute_partition(home: TaskHome, step_name: str, raw: RawFile) -> tuple[str
     (version, path, rows). A bad file raises here, and the task run in the flow fails with
     the same error."""
     pipeline = cached_pipeline(home.spec)
-    store = Storage(Path(home.data), pipeline.name)
+    store = Storage(worker_store(home.data, home.storage), pipeline.name)
     return compute_version(
-        pipeline.steps[step_name], store, read_frame(Path(raw.snapshot), raw.suffix)
+        pipeline.steps[step_name], store, read_frame(store.read_raw(raw.snapshot), raw.suffix)
     )
+
+
+def worker_store(data: str, options: dict[str, str] | None) -> DataStore:
+    """The data dir's store in a Dask worker, made once per process and data dir (the
+    credentials are resolved here, the way the run resolved its own)."""
+    key = (data, tuple(sorted((options or {}).items())))
+    store = _worker_stores.get(key)
+    if store is None:
+        store = _worker_stores[key] = open_data_store(data, options)
+    return store
+
+
+_worker_stores: dict[tuple[str, tuple[tuple[str, str], ...]], DataStore] = {}
 
 
 def compute_version(step: Step, store: Storage, frame: pd.DataFrame) -> tuple[str, str, int]:
     check_schema(step, frame)
     out = result_frame(step, step.fn(frame))
     version, path = store.write_version(step.name, out)
-    return version, str(path), len(out)
+    return version, path, len(out)
 
 
-def read_versions(paths: list[str]) -> pd.DataFrame:
+def read_versions(store: Storage, paths: list[str]) -> pd.DataFrame:
     """The partitions at ``paths``, concatenated in order (columns unified permissively).
 
     Read by a few threads: parquet decoding releases the GIL, and a pipeline with a thousand
@@ -94,20 +107,16 @@ def read_versions(paths: list[str]) -> pd.DataFrame:
     if not paths:
         return pd.DataFrame()
     if len(paths) == 1:
-        tables = [pq.read_table(paths[0])]
+        tables = [store.read_table(paths[0])]
     else:
         with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
-            tables = list(pool.map(_read_table, paths))
+            # One thread per file already: no nested thread pool inside each read.
+            tables = list(pool.map(lambda p: store.read_table(p, use_threads=False), paths))
     table = (
         tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     )
     frame: pd.DataFrame = table.to_pandas()
     return frame
-
-
-def _read_table(path: str) -> Any:
-    # One thread per file already: no nested thread pool inside each read.
-    return pq.read_table(path, use_threads=False)
 
 
 _PARTITION = "__eventpipe_partition__"
@@ -116,11 +125,10 @@ _PARTITION = "__eventpipe_partition__"
 _VERSION = "__eventpipe_partition_version__"
 
 
-def partials_path(run: RunContext, step: Step, fingerprint: str) -> Path:
+def partials_path(run: RunContext, step: Step, fingerprint: str) -> str:
     """The partial results of a map/combine step for one set of input versions (a cache:
     rebuilt from the partitions whenever it is missing or unreadable)."""
-    name = f"{step.code_version}-{fingerprint[:32]}.parquet"
-    return run.store.data / ".partials" / run.pipeline.name / step.name / name
+    return run.store.partials_path(step.name, f"{step.code_version}-{fingerprint[:32]}.parquet")
 
 
 def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> pd.DataFrame:
@@ -135,7 +143,7 @@ def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> p
     previous_path = _previous_partials(run, step)
     if previous_path is not None:
         try:
-            previous = pd.read_parquet(previous_path)
+            previous = run.store.read_frame(previous_path)
         except Exception:  # a cache: recompute what it held
             log.warning("partial results %s unreadable; recomputing them", previous_path)
         else:
@@ -145,7 +153,7 @@ def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> p
     for partition, version in wanted:
         if (partition, version) in have:
             continue
-        part = pd.read_parquet(run.store.version_path(source, version))
+        part = run.store.read_frame(run.store.version_path(source, version))
         partial = result_frame(step, step.fn(**{source: part}))
         frames.append(partial.assign(**{_PARTITION: partition, _VERSION: version}))
     bundle = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -154,23 +162,18 @@ def combined_partials(run: RunContext, step: Step, inputs: AnalyticsInputs) -> p
         bundle = bundle.iloc[bundle[_PARTITION].map(order).argsort(kind="stable")]
     target = partials_path(run, step, inputs.fingerprint)
     if target != previous_path:
-        write_atomic(
-            target.parent,
-            lambda tmp: bundle.to_parquet(tmp, index=False),
-            target.name,
-            suffix=".parquet",
-        )
+        run.store.write_frame(target, bundle)
         if previous_path is not None:
-            previous_path.unlink(missing_ok=True)
+            run.store.delete(previous_path)
     return bundle.drop(columns=[_PARTITION, _VERSION], errors="ignore").reset_index(drop=True)
 
 
-def _previous_partials(run: RunContext, step: Step) -> Path | None:
+def _previous_partials(run: RunContext, step: Step) -> str | None:
     row = run.ledger.asset(run.pipeline.name, step.name)
     if row is None or row.code_version != step.code_version:
         return None
     path = partials_path(run, step, row.input_fingerprint)
-    return path if path.exists() else None
+    return path if run.store.exists(path) else None
 
 
 def warm_up(spec: str) -> None:
@@ -181,7 +184,7 @@ def warm_up(spec: str) -> None:
         path = Path(tmp) / "warm.parquet"
         frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
         frame.to_parquet(path, index=False)
-        read_versions([str(path), str(path)]).groupby("b").sum()
+        read_versions(Storage(Path(tmp), "warm"), [str(path), str(path)]).groupby("b").sum()
         csv = Path(tmp) / "warm.csv"
         frame.to_csv(csv, index=False)
         read_frame(csv, ".csv")

@@ -56,8 +56,9 @@ class RunContext:
     run_id: str
     report: RunReport
     frames: dict[int, pd.DataFrame] = field(default_factory=dict)
-    mirror: Callable[[Path], str] | None = None
-    """Publishes a current output elsewhere too (a bucket); returns where."""
+    mirror: Callable[[str], str] | None = None
+    """Publishes a current output (its location in the local data dir) elsewhere too (a
+    bucket); returns where."""
     events: list[Built] = field(default_factory=list)
     """Asset events of this run, queued in the outbox together (one transaction, not one
     per partition) before any file is marked done."""
@@ -67,7 +68,15 @@ class RunContext:
     home: TaskHome | None = None
     """What the cluster's workers need to find the pipeline and the data dir."""
 
+    results: Path | None = None
+    """Where Prefect keeps the tasks' cache records: ``<data>/.cache`` for a local data dir;
+    for a bucket, the disposable local cache (a miss there only recomputes a version that
+    already exists: versions are named after their content)."""
+
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def results_dir(self) -> Path:
+        return self.results if self.results is not None else self.store.data / ".cache"
 
     def add_time(self, stage: str, seconds: float) -> None:
         with self._lock:  # files are processed by several threads
@@ -115,7 +124,7 @@ class RunContext:
     def raw_frame(self, raw: RawFile) -> pd.DataFrame:
         frame = self.frames.get(raw.file_id)
         if frame is None:
-            frame = read_frame(Path(raw.snapshot), raw.suffix)
+            frame = read_frame(self.store.read_raw(raw.snapshot), raw.suffix)
         return frame.copy()
 
 
@@ -125,6 +134,9 @@ class TaskHome:
 
     spec: str
     data: str
+    storage: dict[str, str] | None = None
+    """How to reach a bucket data dir (names and URLs only: each worker resolves the
+    credentials itself, so no secret travels with a task)."""
 
 
 # The run the tasks belong to. Tasks take only small values as arguments: Prefect walks every

@@ -11,6 +11,7 @@ always refers to content the ledger has.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -19,7 +20,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -31,11 +31,11 @@ from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from eventpipe.core import names
-from eventpipe.core.keys import file_uri
 from eventpipe.core.models import Landed
-from eventpipe.core.storage import Storage, file_digest, write_bytes_atomic
+from eventpipe.core.storage import Storage
 from eventpipe.events import build as ev
 from eventpipe.exceptions import ConfigError, FetchError
+from eventpipe.intake.aws import open_data_store
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 from eventpipe.pipeline import FETCH_FORMATS, Fetch
@@ -75,12 +75,16 @@ class FetchContext:
     pipeline: str
     fetch: Fetch
     state: dict[str, Any]
-    cache_dir: Path
-    """Where helpers keep response bodies their stored validators refer to."""
+    store: Storage
+    """Where helpers keep response bodies their stored validators refer to
+    (``fetched/<pipeline>/.cache/<sha256>.body`` in the data dir: :meth:`body_path`)."""
     staged: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     """Facts for the run's event and artifact (status codes, cursors): no secrets."""
     attempts: int = 0
+
+    def body_path(self, digest: str) -> str:
+        return self.store.fetched_path(f".cache/{digest}.body")
 
     def remembered(self, key: str) -> dict[str, Any]:
         value = self.state.get(key)
@@ -166,7 +170,11 @@ def _fetch_task(spec: Fetch) -> Any:
 
 @flow(name=names.FETCH_FLOW, persist_result=False)
 def fetch_source(
-    pipeline: str, fetch: str, data: str, ledger_block: str | None = None
+    pipeline: str,
+    fetch: str,
+    data: str,
+    ledger_block: str | None = None,
+    storage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run fetch ``fetch`` of ``pipeline`` (``module:attr`` or ``file.py:attr``) once and land
     its result under ``data``, like a dropped file."""
@@ -179,15 +187,10 @@ def fetch_source(
         )
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-    store = Storage(Path(data), pipe.name)
-    ledger = Ledger.open(store.data, run_ledger_url(ledger_block))
+    store = Storage(open_data_store(data, storage), pipe.name)
+    ledger = Ledger.open(data, run_ledger_url(ledger_block))
     logger = get_run_logger()
-    context = FetchContext(
-        pipe.name,
-        spec,
-        ledger.fetch_state(pipe.name, fetch),
-        store.data / "fetched" / pipe.name / ".cache",
-    )
+    context = FetchContext(pipe.name, spec, ledger.fetch_state(pipe.name, fetch), store)
     try:
         with fetching(context), revealing() as secrets:
             state: State[_Result] = _fetch_task(spec)(fetch, return_state=True)
@@ -243,18 +246,18 @@ def land(
     landed: Landed | None
     if result.kind == "content" and fetched is not None:
         relative = _relative(spec, fetched.format)
-        path = store.data / "fetched" / pipeline / relative.removeprefix("fetched/")
-        write_bytes_atomic(path, fetched.content)
-        fingerprint = file_digest(path)
+        path = store.fetched_path(relative.removeprefix("fetched/"))
+        store.write_bytes(path, fetched.content)
+        fingerprint = hashlib.sha256(fetched.content).hexdigest()
         suffix = "." + fetched.format
-        store.snapshot_raw(path, fingerprint, suffix)
+        store.snapshot_raw(fetched.content, fingerprint, suffix)
         landed = Landed(
-            uri=file_uri(path),
+            uri=store.uri(path),
             relative=relative,
             size=len(fetched.content),
             fingerprint=fingerprint,
             source="fetch",
-            local_path=str(path),
+            local_path=path,
         )
         summary.update(
             file=relative, bytes=len(fetched.content), rows=fetched.rows, sha256=fingerprint

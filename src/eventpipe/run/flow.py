@@ -13,10 +13,8 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
@@ -26,6 +24,7 @@ from eventpipe.core.keys import partition_relative
 from eventpipe.core.storage import Storage
 from eventpipe.events import build as ev
 from eventpipe.exceptions import EventpipeError
+from eventpipe.intake.aws import open_data_store
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.run.analytics_stage import run_analytics
 from eventpipe.run.artifacts import RunReport, artifact_key, table_rows
@@ -36,6 +35,7 @@ from eventpipe.run.deliver import deliver_now
 from eventpipe.run.mirror import BucketPublisher
 from eventpipe.run.outputs import restore_outputs
 from eventpipe.run.partition_stage import process_work
+from eventpipe.settings import cache_dir
 
 log = logging.getLogger("eventpipe.flows")
 
@@ -47,10 +47,13 @@ def materialize_pipeline(
     publish: dict[str, str] | None = None,
     task_runner: str = "threads",
     ledger_block: str | None = None,
+    storage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Materialize every pending file of ``pipeline`` (``module:attr`` or ``file.py:attr``),
-    then every analytics asset whose inputs changed, writing under ``data``; with
-    ``publish`` (``{"uri": "s3://bucket/prefix", ...}``) current outputs go there too.
+    then every analytics asset whose inputs changed, writing under ``data`` (a local folder,
+    or ``s3://bucket/prefix``: ``storage`` then says how to reach it, by names and URLs only,
+    see :func:`eventpipe.intake.aws.open_data_store`); with ``publish`` (``{"uri":
+    "s3://bucket/prefix", ...}``) copies of a local data dir's current outputs go there too.
 
     ``task_runner`` says where the process steps' code runs: ``threads`` (this process,
     several files at once), ``dask`` (a Dask cluster of one worker process per core, made for
@@ -63,19 +66,20 @@ def materialize_pipeline(
     pipe = cached_pipeline(pipeline)
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-    store = Storage(Path(data), pipe.name)
-    ledger = Ledger.open(store.data, run_ledger_url(ledger_block))
+    store = Storage(open_data_store(data, storage), pipe.name)
+    ledger = Ledger.open(data, run_ledger_url(ledger_block))
     run = RunContext(
         pipeline=pipe,
         store=store,
         ledger=ledger,
         run_id=run_id,
         report=RunReport(pipeline=pipe.name),
+        results=None if store.local_root is not None else cache_dir() / "results",
     )
-    if publish:
-        run.mirror = BucketPublisher.from_options(publish, store.data)
+    if publish and store.local_root is not None:
+        run.mirror = BucketPublisher.from_options(publish, store.local_root)
     try:
-        with bound(run), _partition_runner(run, task_runner, pipeline, store.data):
+        with bound(run), _partition_runner(run, task_runner, pipeline, data, storage):
             summary = _materialize(run, started)
     finally:
         run.flush_events()
@@ -90,13 +94,15 @@ def materialize_pipeline(
 
 
 @contextmanager
-def _partition_runner(run: RunContext, task_runner: str, spec: str, data: Path) -> Iterator[None]:
+def _partition_runner(
+    run: RunContext, task_runner: str, spec: str, data: str, storage: dict[str, str] | None
+) -> Iterator[None]:
     """Enter the Dask task runner ``task_runner`` asks for, if any, for the files' tasks."""
     if task_runner == "threads":
         yield
         return
     with task_runner_for(task_runner) as runner:
-        run.dask, run.home = runner.client, TaskHome(spec=spec, data=str(data))
+        run.dask, run.home = runner.client, TaskHome(spec=spec, data=data, storage=storage)
         try:
             yield
         finally:
@@ -173,7 +179,7 @@ def _artifacts(run: RunContext) -> None:
         row = run.ledger.asset(pipe.name, name)
         if row is None:
             continue
-        frame = pd.read_parquet(row.path)
+        frame = run.store.read_frame(row.path)
         create_table_artifact(
             table_rows(frame),
             key=artifact_key(pipe.name, name),

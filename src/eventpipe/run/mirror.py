@@ -1,5 +1,6 @@
-"""Publishing current outputs to a bucket too (``--data s3://…`` or ``outputs``): one PUT per
-object, at the relative path it has under the data dir."""
+"""Publishing copies of a local data dir's current outputs to a bucket too (``outputs``): one
+PUT per object, at the relative path it has under the data dir. (With ``--data s3://…`` the
+outputs themselves are in the bucket, and nothing is copied.)"""
 
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ class BucketPublisher:
         s3, _ = aws_clients(settings)
         return cls(BucketLocation.parse(options["uri"]), s3, data)
 
-    def key(self, path: Path) -> str:
-        return self.location.prefix + path.resolve().relative_to(self.data).as_posix()
+    def key(self, path: str) -> str:
+        return self.location.prefix + Path(path).resolve().relative_to(self.data).as_posix()
 
-    def __call__(self, path: Path) -> str:
-        """Upload ``path``; returns its ``s3://`` URI."""
+    def __call__(self, path: str) -> str:
+        """Upload the local file ``path``; returns its ``s3://`` URI."""
         key = self.key(path)
-        self.s3.upload_file(str(path), self.location.bucket, key)
+        self.s3.upload_file(path, self.location.bucket, key)
         return self.location.uri(key)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
+from eventpipe.core.atomic import file_digest
 from eventpipe.core.models import Output
-from eventpipe.core.storage import atomic_copy, file_digest, quarantine
 from eventpipe.ledger import AssetRow, FileRow
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext
+from eventpipe.run.tasks import inbox_file
 
 log = logging.getLogger("eventpipe.run")
 
@@ -21,17 +21,18 @@ def publish(
     step: Step,
     kind: str,
     partition: str,
-    current: Path,
+    current: str,
     out: Output,
     input_fingerprint: str,
 ) -> None:
-    """Point the current output at ``out``'s version (atomically) and record it."""
-    version_file = Path(out.path)
-    if not same_file(current, version_file):
-        atomic_copy(version_file, current)
+    """Point the current output at ``out``'s version (atomically: a rename locally, one
+    server-side copy in a bucket) and record it."""
+    store = run.store
+    stat = store.stat(current) if store.same_object(current, out.path) else None
+    if stat is None:
+        stat = store.copy(out.path, current)
         if run.mirror is not None:
             log.info("published %s", run.mirror(current))
-    stat = current.stat()
     run.ledger.publish(
         AssetRow(
             pipeline=run.pipeline.name,
@@ -40,26 +41,18 @@ def publish(
             kind=kind,
             key=out.key,
             version=out.version,
-            path=str(current),
+            path=current,
             rows=out.rows,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
+            size=stat.size,
+            mtime_ns=stat.mtime_ns,
             code_version=step.code_version,
             input_fingerprint=input_fingerprint,
             updated_at=time.time(),
         ),
-        str(version_file),
+        out.path,
         list(out.sources),
         run.run_id,
     )
-
-
-def same_file(current: Path, version_file: Path) -> bool:
-    try:
-        a, b = current.stat(), version_file.stat()
-    except FileNotFoundError:
-        return False
-    return a.st_size == b.st_size and file_digest(current) == file_digest(version_file)
 
 
 def restore_outputs(run: RunContext) -> list[AssetRow]:
@@ -68,39 +61,41 @@ def restore_outputs(run: RunContext) -> list[AssetRow]:
     Returns the rows whose version file is gone too (they must be recomputed).
     """
     lost: list[AssetRow] = []
+    store = run.store
     for row in run.ledger.assets(run.pipeline.name):
-        current = Path(row.path)
-        try:
-            stat = current.stat()
-            if (stat.st_size, stat.st_mtime_ns) == (row.size, row.mtime_ns):
-                continue
-        except FileNotFoundError:
-            pass
-        version_file = run.store.version_path(row.name, row.version)
-        if not version_file.exists():
+        current = row.path
+        stat = store.stat(current)
+        if stat is not None and (stat.size, stat.mtime_ns) == (row.size, row.mtime_ns):
+            continue
+        version_file = store.version_path(row.name, row.version)
+        if not store.exists(version_file):
             lost.append(row)
             continue
-        atomic_copy(version_file, current)
+        stat = store.copy(version_file, current)
         if run.mirror is not None:
             run.mirror(current)
-        stat = current.stat()
         run.ledger.touch_asset(
-            AssetRow(**{**row.__dict__, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+            AssetRow(**{**row.__dict__, "size": stat.size, "mtime_ns": stat.mtime_ns})
         )
         log.warning("restored %s (version %s): it was deleted or changed", current, row.version)
     return lost
 
 
 def quarantine_landed(run: RunContext, row: FileRow, reason: str) -> str | None:
-    """Move a rejected file out of the inbox, unless a newer version has replaced it there."""
-    if not row.local_path:
+    """Move a rejected file out of the inbox, unless a newer version has replaced it there.
+    An object of a bucket source stays where it is: quarantine holds a note about it."""
+    if row.source == "s3":
+        note = run.store.quarantine_note(row.relative, reason, row.sha256, row.uri)
+        log.warning("rejected %s: %s", row.uri, reason)
+        return note
+    source = inbox_file(row)
+    if source is None:
         return None
-    source = Path(row.local_path)
     try:
         if source.is_symlink() or file_digest(source) != row.sha256:
             return None
     except FileNotFoundError:
         return None
-    target = quarantine(run.store.data, run.pipeline.name, source, row.relative, reason, row.sha256)
+    target = run.store.quarantine(source, row.relative, reason, row.sha256)
     log.warning("quarantined %s: %s", row.relative, reason)
-    return str(target)
+    return target

@@ -13,7 +13,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
-from eventpipe.core.keys import asset_key, file_uri, partition_name
+from eventpipe.core.keys import asset_key, partition_name
 from eventpipe.core.models import Output, RawFile
 from eventpipe.events import build as ev
 from eventpipe.exceptions import RejectedInput
@@ -159,7 +159,7 @@ def _process_file(
             if step.name not in wanted:
                 continue
             path = store.processed_path(step.name, partition)
-            key = asset_key(file_uri(path))
+            key = store.key(path)
             task = materializing_task(
                 process,
                 key,

@@ -17,10 +17,10 @@ from prefect.assets import add_asset_metadata, materialize
 from prefect.client.schemas.objects import State
 
 from eventpipe.compat import retarget_task
-from eventpipe.core.keys import asset_key, file_uri, partition_name
+from eventpipe.core.atomic import file_digest
+from eventpipe.core.keys import asset_key, partition_name
 from eventpipe.core.models import AnalyticsInputs, Output, RawFile
 from eventpipe.core.readers import read_frame, suffix_of
-from eventpipe.core.storage import file_digest
 from eventpipe.exceptions import RejectedInput
 from eventpipe.ledger import FileRow
 from eventpipe.pipeline import Step
@@ -39,6 +39,14 @@ log = logging.getLogger("eventpipe.flows")
 MAX_ASSET_DEPS = 50
 
 
+def inbox_file(row: FileRow) -> Path | None:
+    """The file on this host's disk a row was read from (an inbox file), if any; a bucket
+    source's row names its raw snapshot instead (its location may be an ``s3://`` URI)."""
+    if not row.local_path or "://" in row.local_path:
+        return None
+    return Path(row.local_path)
+
+
 def raw_key(row: FileRow) -> str:
     return asset_key(row.uri)
 
@@ -48,15 +56,15 @@ def materialize_raw(row: FileRow) -> RawFile:
     suffix = suffix_of(row.relative)
     if suffix is None:
         raise RejectedInput(f"unsupported file type: {row.relative}")
-    source = Path(row.local_path) if row.local_path else None
     snapshot = run.store.raw_snapshot_path(row.sha256, suffix)
-    if not snapshot.exists():
+    if not run.store.exists(snapshot):
+        source = inbox_file(row)
         if source is None or not source.exists():
             raise RejectedInput("the file disappeared before it could be read")
         if file_digest(source) != row.sha256:
             raise RejectedInput("the file changed after it landed; its new version will land")
         run.store.snapshot_raw(source, row.sha256, suffix)
-    frame = read_frame(snapshot, suffix)
+    frame = read_frame(run.store.read_raw(snapshot), suffix)
     run.frames[row.id] = frame
     add_asset_metadata(
         raw_key(row),
@@ -72,7 +80,7 @@ def materialize_raw(row: FileRow) -> RawFile:
         uri=row.uri,
         partition=partition_name(row.relative),
         fingerprint=row.sha256,
-        snapshot=str(snapshot),
+        snapshot=snapshot,
         suffix=suffix,
         size=row.size,
     )
@@ -88,7 +96,7 @@ def process(step_name: str, raw: RawFile) -> Output:
         version, path, rows = future.result()
     else:
         version, path, rows = compute_version(step, run.store, run.raw_frame(raw))
-    key = asset_key(file_uri(run.store.processed_path(step.name, raw.partition)))
+    key = run.store.key(run.store.processed_path(step.name, raw.partition))
     add_asset_metadata(
         key,
         {
@@ -111,10 +119,11 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
     for name in step.inputs:
         if name in inputs.partitions:
             kwargs[name] = read_versions(
-                [run.store.version_path(name, v).as_posix() for _, v in inputs.partitions[name]]
+                run.store,
+                [run.store.version_path(name, v) for _, v in inputs.partitions[name]],
             )
         else:
-            kwargs[name] = pd.read_parquet(run.store.version_path(name, inputs.upstream[name]))
+            kwargs[name] = run.store.read_frame(run.store.version_path(name, inputs.upstream[name]))
     return _analytics_output(run, step, inputs, result_frame(step, step.fn(**kwargs)))
 
 
@@ -122,7 +131,7 @@ def _analytics_output(
     run: RunContext, step: Step, inputs: AnalyticsInputs, out: pd.DataFrame
 ) -> Output:
     version, path = run.store.write_version(step.name, out)
-    key = asset_key(file_uri(run.store.analytics_path(step.name)))
+    key = run.store.key(run.store.analytics_path(step.name))
     add_asset_metadata(
         key, {"version": version, "rows": len(out), "code_version": step.code_version}
     )
@@ -130,7 +139,7 @@ def _analytics_output(
     return Output(
         key=key,
         version=version,
-        path=str(path),
+        path=path,
         rows=len(out),
         sources=tuple(sources + sorted(inputs.upstream)),
     )
@@ -171,7 +180,7 @@ def task_options(run: RunContext, step: Step) -> dict[str, Any]:
         "name": step.name,
         "cache_policy": policy,
         "persist_result": True,
-        "result_storage": run.store.data / ".cache",
+        "result_storage": run.results_dir(),
         "retries": step.retries,
         "retry_delay_seconds": step.retry_delay_seconds,
         "retry_condition_fn": not_rejected,
@@ -187,6 +196,6 @@ def run_step(
     cached = state.name == "Cached"
     if cached and state.is_completed():
         out = state.result()
-        if isinstance(out, Output) and not Path(out.path).exists():
+        if isinstance(out, Output) and not current_run().store.exists(out.path):
             return run_step(call, *args, refresh=True)
     return state, cached

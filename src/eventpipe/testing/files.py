@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from eventpipe.core.atomic import file_digest
 from eventpipe.core.keys import file_uri
 from eventpipe.core.models import Landed
-from eventpipe.core.storage import file_digest
 from eventpipe.intake.record import record
 from eventpipe.ledger import Ledger
 

@@ -1,0 +1,83 @@
+"""The one way eventpipe writes a local file readers may see: temp name in the target's
+directory, fsync, rename (:func:`write_atomic`); and the checks that keep a name inside its
+directory (:func:`inside`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing any ``relative`` that would leave ``root``."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise ValueError(f"{relative!r} escapes {base}")
+    return target
+
+
+T = TypeVar("T")
+
+
+def write_atomic(
+    directory: Path,
+    write: Callable[[Path], T],
+    name: str | Callable[[T], str],
+    *,
+    suffix: str = "",
+    keep_existing: bool = False,
+) -> tuple[Path, T]:
+    """The one way eventpipe writes a file that readers may see.
+
+    ``write(tmp)`` fills a temp file in ``directory``; it is fsynced, then renamed to ``name``
+    (or to ``name(result)``, for a file named after its content), so readers see the old file
+    or the whole new one, never a part. With ``keep_existing`` an existing target (the same
+    content under a content-derived name) is kept and the temp file dropped. On any failure
+    the temp file is removed. Returns the final path and what ``write`` returned."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        result = write(tmp)
+        target = directory / (name if isinstance(name, str) else name(result))
+        if keep_existing and target.exists():
+            tmp.unlink()
+            return target, result
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target, result
+
+
+def write_bytes_atomic(target: Path, content: bytes) -> Path:
+    """Write ``content`` to ``target`` atomically (see :func:`write_atomic`)."""
+    path, _ = write_atomic(target.parent, lambda tmp: tmp.write_bytes(content), target.name)
+    return path
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file."""
+    write_atomic(target.parent, lambda tmp: shutil.copyfile(source, tmp), target.name)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
