@@ -4,23 +4,24 @@ nothing of the pipeline is written to the local disk but the disposable cache un
 
 from __future__ import annotations
 
-import io
-import uuid
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import pandas as pd
+import httpx
 import pytest
 
 from eventpipe.core.keys import asset_key
 from eventpipe.exceptions import ConfigError
 from eventpipe.intake.aws import store_options
-from eventpipe.ledger import Ledger
-from eventpipe.orchestration.server import EmbeddedServer
+from eventpipe.ledger import Ledger, ledger_url
+from eventpipe.orchestration.server import EmbeddedServer, free_port
 from eventpipe.settings import Settings
-from eventpipe.testing import fresh_database, wait_for
+from eventpipe.testing import Background, DataBucket, fresh_database, wait_for
 from tests.loop_harness import Harness, running_loop
 
 DAY1 = "day,amount\n2026-01-01,10\n2026-01-02,5\n"
@@ -31,40 +32,6 @@ PIPELINE_FILES = ("*.parquet", "*.sqlite*", "*.csv", "*.csv.gz", "*.json", "*.js
 def pipeline_files(root: Path) -> list[Path]:
     """Files of a pipeline's state under ``root`` (data, snapshots, ledger, inputs)."""
     return sorted(p for pattern in PIPELINE_FILES for p in root.rglob(pattern))
-
-
-class DataBucket:
-    """The bucket a pipeline's data dir is in, read with boto3 (not with eventpipe's code)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.name = "data-" + uuid.uuid4().hex[:12]
-        self.prefix = "pipelines/sales/"
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        self.s3.create_bucket(Bucket=self.name)
-        self.endpoint = endpoint
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.name}/{self.prefix.rstrip('/')}"
-
-    def objects(self, under: str = "") -> list[str]:
-        found: list[str] = []
-        pages = self.s3.get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=self.name, Prefix=self.prefix + under):
-            found += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
-        return sorted(found)
-
-    def read(self, relative: str) -> bytes:
-        body: bytes = self.s3.get_object(Bucket=self.name, Key=self.prefix + relative)[
-            "Body"
-        ].read()
-        return body
-
-    def frame(self, relative: str) -> pd.DataFrame:
-        return pd.read_parquet(io.BytesIO(self.read(relative)))
-
-    def delete(self, relative: str) -> None:
-        self.s3.delete_object(Bucket=self.name, Key=self.prefix + relative)
 
 
 @pytest.fixture
@@ -198,3 +165,81 @@ def test_every_output_of_the_contract_lives_in_the_bucket(
     local = [p for p in pipeline_files(tmp_path) if not p.is_relative_to(loop.inbox)]
     assert all(p.is_relative_to(tmp_path / "home" / "cache") for p in local), local
     assert not [p for p in local if p.suffix in (".parquet", ".csv") or ".sqlite" in p.name]
+
+    # The CLI on another "host": nothing but the ledger's URL and the bucket's settings.
+    cli_checks(loop, data_bucket, tmp_path / "elsewhere")
+
+
+def cli(where: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventpipe.cli", *args],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def cli_checks(loop: Harness, data_bucket: DataBucket, where: Path) -> None:
+    """status, versions, lineage, explain, retry and ui, read from PostgreSQL and the bucket."""
+    where.mkdir()
+    name = loop.name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTPIPE_")}
+    env.update(
+        COLUMNS="200",
+        HOME=str(where),
+        EVENTPIPE_PIPELINE=str(loop.loop.settings.pipeline),
+        EVENTPIPE_DATA=data_bucket.uri,
+        EVENTPIPE_LEDGER=ledger_url(loop.loop.settings) or "",
+        AWS_ENDPOINT_URL=data_bucket.endpoint,
+    )
+    status = cli(where, env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)[name]
+    assets = {a["name"]: a for a in report["assets"]}
+    assert assets["revenue_by_day"]["key"] == asset_key(
+        f"{data_bucket.uri}/analytics/{name}/revenue_by_day.parquet"
+    )
+    assert {f["file"]: f["state"] for f in report["files"]} == {
+        "orders.csv": "done",
+        "broken.csv": "rejected",
+        "more.csv": "done",
+    }
+    versions = cli(where, env, "versions", "revenue_by_day", "--json")
+    assert versions.returncode == 0, versions.stderr
+    assert len(json.loads(versions.stdout)) >= 3
+    lineage = cli(where, env, "lineage", "--format", "json")
+    assert lineage.returncode == 0, lineage.stderr
+    graph = json.loads(lineage.stdout)
+    assert f"{data_bucket.uri}/analytics/{name}/revenue_by_day.parquet" in lineage.stdout, graph
+    story = cli(where, env, "explain", "broken.csv")
+    assert story.returncode == 0, story.stderr
+    assert "rejected" in story.stdout
+    assert "more fields than the header" in story.stdout
+    retried = cli(where, env, "retry")
+    assert retried.returncode == 0, retried.stderr
+    port = free_port()
+    page = Background(
+        [sys.executable, "-m", "eventpipe.cli", "ui", "--port", str(port)],
+        where / "ui.log",
+        env=env,
+        cwd=where,
+    )
+    page.start()
+    try:
+        served = wait_for(
+            lambda: _get(f"http://127.0.0.1:{port}/lineage.json"), 60, 0.2, what="eventpipe ui"
+        )
+        assert "revenue_by_day" in served
+    finally:
+        page.stop(timeout=10)
+    assert not pipeline_files(where)
+
+
+def _get(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=5).raise_for_status().text
+    except httpx.HTTPError:
+        return None

@@ -70,6 +70,7 @@ def test_version_matches_the_installed_distribution() -> None:
 
 TESTING = [
     "Background",
+    "DataBucket",
     "FakeEndpoint",
     "Reply",
     "SeenRequest",

@@ -1,9 +1,12 @@
-"""Several hosts, on one machine: the ledger in PostgreSQL, a pipeline registered with `eventpipe
-deploy` on a process work pool, two `prefect worker start` processes (each in a directory and
-HOME of its own, as on two hosts) executing its runs, and `eventpipe up --runs worker` only
-watching. One worker dies (SIGKILL, with the run it was executing) while it holds files: every
-file still ends done exactly once, the dead run's files on their second attempt, and no SQLite
-file appears anywhere.
+"""Several hosts, on one machine, sharing nothing but three services: the ledger in PostgreSQL,
+the files and every asset in S3 (moto over HTTP: uploads to a landing bucket announced on SQS,
+the pipeline's data under `--data s3://…`), and the Prefect server. A pipeline registered with
+`eventpipe deploy` on a process work pool, two `prefect worker start` processes (each in a
+directory and HOME of its own, as on two hosts) executing its runs, and `eventpipe up --runs
+worker` in a third only watching the bucket. One worker dies (SIGKILL, with the run it was
+executing) while it holds files: every file still ends done exactly once, the dead run's files
+on their second attempt, the analytics in the bucket equal the hand-computed values, and no
+parquet, SQLite or CSV file of the pipeline is on any of the three "hosts".
 
 The session's Prefect server is enough here (tests/test_worker.py covers Prefect on
 PostgreSQL); the ledger gets a database of its own on the session's PostgreSQL.
@@ -11,7 +14,6 @@ PostgreSQL); the ledger gets a database of its own on the session's PostgreSQL.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -23,7 +25,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import boto3
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -32,14 +34,16 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
+from eventpipe.intake.aws import setup_notifications
 from eventpipe.ledger import Ledger
 from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import (
     Background,
+    DataBucket,
     client_env,
-    drop_file,
     eventpipe_up,
     fresh_database,
+    upload,
     wait_for,
 )
 
@@ -76,6 +80,25 @@ WAVES = [
 # Prefect's least heartbeat interval (30 s), where the runs execute and where `eventpipe deploy`
 # makes the crash automation (its window: three intervals).
 HEARTBEAT = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+
+
+# Where every "host" finds S3: the standard variable, as for any AWS client.
+S3_ENV = {
+    "AWS_ENDPOINT_URL": "",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+}
+PIPELINE_FILES = ("*.parquet", "*.sqlite*", "*.csv", "*.json")
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Where every "host" finds S3: the standard variables, as for any AWS client."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def own_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -142,14 +165,16 @@ def pool(prefect_server: EmbeddedServer) -> Iterator[str]:
         client.delete_work_pool(name)
 
 
-def deploy(api_url: str, spec: str, name: str, pool: str, data: Path, where: Path) -> uuid.UUID:
+def deploy(
+    api_url: str, spec: str, name: str, pool: str, data: str, where: Path, env: dict[str, str]
+) -> uuid.UUID:
     """`eventpipe deploy` as an operator runs it; the deployment's id."""
     where.mkdir()
-    argv = ["deploy", "--pipeline", spec, "--pool", pool, "--data", str(data)]
+    argv = ["deploy", "--pipeline", spec, "--pool", pool, "--data", data]
     done = subprocess.run(
         [sys.executable, "-m", "eventpipe.cli", *argv, "--api-url", api_url],
         cwd=where,
-        env=own_env(api_url, where, **HEARTBEAT),
+        env=own_env(api_url, where, **HEARTBEAT, **env),
         capture_output=True,
         text=True,
         timeout=180,
@@ -166,7 +191,9 @@ class Hosts:
     """Two "hosts", each a `prefect worker start` in a directory and HOME of its own, taking
     one flow run at a time: while one is busy, the other takes the next run."""
 
-    def __init__(self, api_url: str, pool: str, ledger: str, roots: list[Path]) -> None:
+    def __init__(
+        self, api_url: str, pool: str, ledger: str, roots: list[Path], s3: dict[str, str]
+    ) -> None:
         self.ledger = ledger
         self.workers: list[Background] = []
         for i, home in enumerate(roots, 1):
@@ -178,6 +205,7 @@ class Hosts:
                 PREFECT_WORKER_QUERY_SECONDS="1",
                 PREFECT_LOGGING_LEVEL="INFO",
                 **HEARTBEAT,
+                **s3,
             )
             argv = ["worker", "start", "--pool", pool, "--name", f"{pool}-{i}", "--limit", "1"]
             self.workers.append(
@@ -242,9 +270,23 @@ def holders(ledger: str, name: str) -> dict[str, set[str]]:
     return held
 
 
-def drop_wave(inbox: Path, wave: dict[str, list[int]]) -> None:
-    for relative, amounts in wave.items():
-        drop_file(inbox, relative, "amount\n" + "".join(f"{a}\n" for a in amounts))
+class Landing:
+    """The bucket producers upload to, its ObjectCreated notifications on an SQS queue."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.name = "landing-" + uuid.uuid4().hex[:10]
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+        self.queue_url = setup_notifications(self.s3, sqs, self.name, f"{self.name}-q", "in/")
+
+    def drop_wave(self, wave: dict[str, list[int]]) -> None:
+        for relative, amounts in wave.items():
+            body = "amount\n" + "".join(f"{a}\n" for a in amounts)
+            upload(self.s3, self.name, f"in/{relative}", body)
+
+
+def pipeline_files(root: Path) -> list[Path]:
+    return sorted(p for pattern in PIPELINE_FILES for p in root.rglob(pattern))
 
 
 def all_done(ledger: str, name: str, count: int) -> bool:
@@ -252,10 +294,10 @@ def all_done(ledger: str, name: str, count: int) -> bool:
     return len(found) == count and all(r.state == "done" for r in found)
 
 
-def analytics(current: Path) -> dict[str, list[int]]:
-    if not current.exists():
+def analytics(data: DataBucket, current: str) -> dict[str, list[int]]:
+    if current not in data.objects(current):
         return {}
-    frame = pd.read_parquet(io.BytesIO(current.read_bytes()))  # one read: never a torn file
+    frame = data.frame(current)  # one GET: never a torn object
     return {c: [int(v) for v in frame[c]] for c in frame.columns}
 
 
@@ -266,20 +308,25 @@ def run_states(deployment_id: uuid.UUID) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # ~1 min on an idle 2-core machine; far more when it is shared
 def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
-    prefect_server: EmbeddedServer, postgres_url: str, pool: str, tmp_path: Path
+    prefect_server: EmbeddedServer,
+    postgres_url: str,
+    moto_endpoint: str,
+    pool: str,
+    tmp_path: Path,
 ) -> None:
     api = prefect_server.api_url
     name = "two" + uuid.uuid4().hex[:10]
     ledger = fresh_database(postgres_url, "two")
-    data, inbox, hold = tmp_path / "shared-data", tmp_path / "inbox", tmp_path / "hold"
-    watcher = tmp_path / "watcher"
+    s3 = s3_env(moto_endpoint)
+    data, landing = DataBucket(moto_endpoint), Landing(moto_endpoint)
+    hold, watcher = tmp_path / "hold", tmp_path / "watcher"
     (tmp_path / "project").mkdir()
     watcher.mkdir()
     pipeline_file = tmp_path / "project" / "pipeline.py"
     pipeline_file.write_text(PIPELINE.format(name=name, hold=str(hold)))
     spec = f"{pipeline_file}:pipeline"
     files = [f for wave in WAVES for f in wave]
-    hosts = Hosts(api, pool, ledger, [tmp_path / "worker-1", tmp_path / "worker-2"])
+    hosts = Hosts(api, pool, ledger, [tmp_path / "worker-1", tmp_path / "worker-2"], s3)
     up: Background | None = None
     started = time.monotonic()
 
@@ -287,27 +334,39 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
         print(f"{time.monotonic() - started:6.1f} s  {what}", flush=True)
 
     try:
-        deployment_id = deploy(api, spec, name, pool, data, tmp_path / "deployer")
+        deployment_id = deploy(
+            api,
+            spec,
+            name,
+            pool,
+            data.uri,
+            tmp_path / "deployer",
+            {**s3, "EVENTPIPE_LEDGER": ledger},
+        )
         phase("deployed")
         hosts.start()
         phase("workers started")
-        watcher_env = {k: v for k, v in own_env(api, watcher).items() if k != "PREFECT_HOME"}
+        watcher_env = {k: v for k, v in own_env(api, watcher, **s3).items() if k != "PREFECT_HOME"}
         up = eventpipe_up(
-            *("--runs", "worker", "--pipeline", spec, "--inbox", str(inbox)),
-            *("--data", str(data), "--ledger", ledger),
+            *("--runs", "worker", "--pipeline", spec, "--data", data.uri, "--ledger", ledger),
+            *("--source", f"s3://{landing.name}/in/", "--queue", landing.queue_url),
             root=watcher,
             api_url=api,
-            env={**watcher_env, "EVENTPIPE_SWEEP_SECONDS": "2"},
+            env={
+                **watcher_env,
+                "EVENTPIPE_SWEEP_SECONDS": "2",
+                "EVENTPIPE_QUEUE_WAIT_SECONDS": "1",
+            },
         )
         phase("watcher up")
 
         # Wave 1, then wave 2: the first worker's run sits on its files (HOLD), so the
         # second worker takes a later run and claims files too.
         hold.touch()
-        drop_wave(inbox, WAVES[0])
+        landing.drop_wave(WAVES[0])
         wait_for(lambda: hosts.busy(name, deployment_id), 180, 0.3, what="a run holding files")
         phase("wave 1 claimed")
-        drop_wave(inbox, WAVES[1])
+        landing.drop_wave(WAVES[1])
         wait_for(
             lambda: len(hosts.busy(name, deployment_id)) == 2,
             180,
@@ -344,8 +403,8 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
 
         # By hand from WAVES: 1+2+30+400+5 + 6000+70000+8+900000, in 9 rows.
         expected = {"amount": [976446], "rows": [9]}
-        current = data / "analytics" / name / "total.parquet"
-        wait_for(lambda: analytics(current) == expected, 60, 0.3, what="the analytics")
+        current = f"analytics/{name}/total.parquet"
+        wait_for(lambda: analytics(data, current) == expected, 60, 0.3, what="the analytics")
 
         # Every run is over: the killed one Crashed, every other Completed.
         wait_for(
@@ -359,9 +418,12 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
         assert set(states.values()) == {"COMPLETED"}, states
         phase("runs over")
 
-        # The state is in PostgreSQL: no SQLite file on any "host", nor in the data dir.
-        for where in (watcher, tmp_path / "worker-1", tmp_path / "worker-2", data):
-            assert not list(where.rglob("*.sqlite*")), where
+        # The state is in PostgreSQL and the bucket: no file of the pipeline on any "host"
+        # (each one's disposable cache under its home aside, and that holds none either).
+        for where in (watcher, tmp_path / "worker-1", tmp_path / "worker-2"):
+            assert not pipeline_files(where), where
+        assert f"processed/{name}/cleaned/a-1.csv.parquet" in data.objects()
+        assert len(data.objects(f"raw/{name}/")) == len(files)
         assert "Beginning flow run" in hosts.workers[1 - victim].output()
         assert up.stop() == 0
     finally:

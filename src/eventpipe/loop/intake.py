@@ -3,11 +3,14 @@ file it finds recorded in the ledger with its event, each refusal quarantined wi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from eventpipe.core.models import Landed
+from eventpipe.core.readers import suffix_of
 from eventpipe.core.storage import Storage
 from eventpipe.events.build import rejected_event
 from eventpipe.intake.aws import (
@@ -101,9 +104,29 @@ class Intake:
         )
 
     def on_landed(self, landed: Landed) -> None:
+        in_bucket = self.store.local_root is None
+        if landed.source == "local" and in_bucket and not self._snapshot(landed):
+            return
         outcome = record(self.ledger, self.pipeline, landed)
         log.info("%s: %s", landed.relative, outcome)
         self.poke()
+
+    def _snapshot(self, landed: Landed) -> bool:
+        """With the data in a bucket, a run may execute on another host, where this inbox is
+        not: put the file's raw snapshot in the bucket before it is recorded, so runs read it
+        there. False when the file changed since it was hashed (its next event takes it)."""
+        suffix = suffix_of(landed.relative)
+        if suffix is None or landed.local_path is None:
+            return True  # refused by the run, as for a local data dir
+        try:
+            body = Path(landed.local_path).read_bytes()
+        except OSError as exc:
+            log.warning("cannot read %s: %s", landed.relative, exc)
+            return False
+        if hashlib.sha256(body).hexdigest() != landed.fingerprint:
+            return False
+        self.store.snapshot_raw(body, landed.fingerprint, suffix)
+        return True
 
     def on_rejected(self, rejected: Rejected) -> None:
         """Refused before reading (unsupported type, too large, a link out of the inbox): move

@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from eventpipe.intake.aws import store_options
-from eventpipe.ledger import Ledger, share_ledger
+from eventpipe.ledger import LEDGER_ENV, Ledger, share_ledger
 from eventpipe.orchestration import deploy
 from eventpipe.orchestration.janitor import FoundDeployment, HereJanitor, WorkerJanitor
 from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs
@@ -62,12 +62,16 @@ class RunsHere:
         self._janitor: HereJanitor | None = None
         self._dask: LocalDask | None = None
         self._paused = False
+        self._saved_env: dict[str, str | None] = {}
 
     def start(self) -> RunsHere:
         s, name = self.settings, self.pipeline.name
-        # The runs execute in this process: their disposable cache is this loop's home's.
+        # The runs execute in this process and read its environment: their disposable cache
+        # is this loop's home's, and the ledger URL never travels in their parameters. Put
+        # back as it was on stop, for a process that goes on without this loop.
+        self._saved_env = {k: os.environ.get(k) for k in ("EVENTPIPE_HOME", LEDGER_ENV)}
         os.environ["EVENTPIPE_HOME"] = str(s.home.resolve())
-        share_ledger(s)  # ... and the ledger URL, which never travels in their parameters
+        share_ledger(s)
         warm_up(self.spec)
         task_runner = s.task_runner
         if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
@@ -133,6 +137,12 @@ class RunsHere:
             self.runner.stop()
         if self._dask is not None:
             self._dask.close()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
 
 
 class RunsOnWorkers:

@@ -7,7 +7,9 @@ import logging
 import time
 
 from eventpipe.core.atomic import file_digest
+from eventpipe.core.fs import check_relative
 from eventpipe.core.models import Output
+from eventpipe.core.readers import suffix_of
 from eventpipe.ledger import AssetRow, FileRow
 from eventpipe.pipeline import Step
 from eventpipe.run.context import RunContext
@@ -81,6 +83,19 @@ def restore_outputs(run: RunContext) -> list[AssetRow]:
     return lost
 
 
+def quarantine_snapshot(run: RunContext, row: FileRow, reason: str) -> str:
+    """Copy a rejected file's raw snapshot into quarantine beside its reason (server-side in
+    a bucket); only the reason when no snapshot was taken."""
+    note = run.store.quarantine_note(row.relative, reason, row.sha256, row.uri)
+    suffix = suffix_of(row.relative)
+    snapshot = run.store.raw_snapshot_path(row.sha256, suffix) if suffix else None
+    if snapshot is not None and run.store.exists(snapshot):
+        kept = f"quarantine/{run.store.pipeline}/{check_relative(row.relative)}"
+        run.store.copy(snapshot, run.store.location(kept))
+    log.warning("quarantined %s: %s", row.relative, reason)
+    return note
+
+
 def quarantine_landed(run: RunContext, row: FileRow, reason: str) -> str | None:
     """Move a rejected file out of the inbox, unless a newer version has replaced it there.
     An object of a bucket source stays where it is: quarantine holds a note about it."""
@@ -89,7 +104,11 @@ def quarantine_landed(run: RunContext, row: FileRow, reason: str) -> str | None:
         log.warning("rejected %s: %s", row.uri, reason)
         return note
     source = inbox_file(row)
-    if source is None:
+    if source is None or not (source.exists() or source.is_symlink()):
+        if run.store.local_root is None:
+            # With the data in a bucket the run may be on another host than the watcher's
+            # inbox: quarantine gets the file's raw snapshot (as the watcher uploaded it).
+            return quarantine_snapshot(run, row, reason)
         return None
     try:
         if source.is_symlink() or file_digest(source) != row.sha256:

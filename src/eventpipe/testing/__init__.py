@@ -7,7 +7,8 @@ own tests use them too.
   :func:`read_events`.
 - ``files``: :func:`drop_file` (temp name, then rename), :func:`land_file` (recorded as the
   watcher would, without one), :func:`wait_for` (a condition, never a fixed sleep).
-- ``s3``: :func:`moto_s3` (S3 + SQS over HTTP on 127.0.0.1), :func:`upload`.
+- ``s3``: :func:`moto_s3` (S3 + SQS over HTTP on 127.0.0.1), :func:`upload`,
+  :class:`DataBucket` (a bucket for ``--data s3://``, read as any S3 client would).
 - ``postgres``: :func:`postgres_server` (the machine's PostgreSQL, as root too) and
   :func:`fresh_database` (a new database on it, one per test).
 - ``processes``: :class:`Background`, :func:`eventpipe_up` (subprocesses stopped with all
@@ -23,10 +24,11 @@ from eventpipe.testing.http import FakeEndpoint, Reply, SeenRequest, fake_endpoi
 from eventpipe.testing.postgres import fresh_database, postgres_server
 from eventpipe.testing.prefect import client_env, configure_prefect_env, prefect_server, read_events
 from eventpipe.testing.processes import Background, eventpipe_up
-from eventpipe.testing.s3 import moto_s3, upload
+from eventpipe.testing.s3 import DataBucket, moto_s3, upload
 
 __all__ = [
     "Background",
+    "DataBucket",
     "FakeEndpoint",
     "Reply",
     "SeenRequest",

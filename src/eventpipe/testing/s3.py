@@ -3,19 +3,24 @@ objects into it the way producers do."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from eventpipe.orchestration.server import free_port
 from eventpipe.testing.files import wait_for
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -69,3 +74,45 @@ def upload(s3: Any, bucket: str, key: str, content: str | bytes) -> str:
     """Put one object (as producers do: a single PUT, atomic in S3); returns its eTag."""
     body = content.encode() if isinstance(content, str) else content
     return str(s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]).strip('"')
+
+
+class DataBucket:
+    """A new bucket for a pipeline's data (``--data s3://<bucket>/<prefix>``), read with boto3
+    rather than with eventpipe's own code: what a test checks is what any S3 client sees."""
+
+    def __init__(self, endpoint: str, prefix: str = "pipelines/sales/") -> None:
+        import boto3
+
+        self.name = "data-" + uuid.uuid4().hex[:12]
+        self.prefix = prefix
+        self.endpoint = endpoint
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.s3.create_bucket(Bucket=self.name)
+
+    @property
+    def uri(self) -> str:
+        """The ``--data`` value."""
+        return f"s3://{self.name}/{self.prefix.rstrip('/')}"
+
+    def objects(self, under: str = "") -> list[str]:
+        """Keys under ``under``, relative to the prefix, sorted."""
+        found: list[str] = []
+        pages = self.s3.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.name, Prefix=self.prefix + under):
+            found += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
+        return sorted(found)
+
+    def read(self, relative: str) -> bytes:
+        body: bytes = self.s3.get_object(Bucket=self.name, Key=self.prefix + relative)[
+            "Body"
+        ].read()
+        return body
+
+    def frame(self, relative: str) -> pd.DataFrame:
+        """A parquet object, read in one GET (a reader sees a whole version or none)."""
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(self.read(relative)))
+
+    def delete(self, relative: str) -> None:
+        self.s3.delete_object(Bucket=self.name, Key=self.prefix + relative)
