@@ -247,6 +247,20 @@ class Hosts:
                 busy[i] = str(run.id)
         return busy
 
+    def story(self, name: str, deployment_id: uuid.UUID, up: Background) -> str:
+        """What the hosts, the runs and the ledger say: shown when the test times out."""
+        found = [(r.relative, r.state, r.run_id, r.attempts) for r in rows(self.ledger, name)]
+        lines = [f"ledger: {found}"]
+        for run in runs_of(deployment_id):
+            lines.append(
+                f"run {run.id} {run.state_type} pid={run.infrastructure_pid} "
+                f"worker={self.worker_of(run)} created={run.created}"
+            )
+        for i, worker in enumerate(self.workers):
+            lines.append(f"--- worker {i + 1} ---\n" + worker.output()[-6000:])
+        lines.append("--- watcher ---\n" + up.output()[-4000:])
+        return "\n".join(lines)
+
     def kill(self, i: int) -> None:
         """The host dies: SIGKILL its worker and everything below it (a flow run's process
         is in a session of its own: killing the worker's process group does not reach it)."""
@@ -367,12 +381,15 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
         wait_for(lambda: hosts.busy(name, deployment_id), 180, 0.3, what="a run holding files")
         phase("wave 1 claimed")
         landing.drop_wave(WAVES[1])
-        wait_for(
-            lambda: len(hosts.busy(name, deployment_id)) == 2,
-            180,
-            0.3,
-            what="both workers' runs holding files",
-        )
+        try:
+            wait_for(
+                lambda: len(hosts.busy(name, deployment_id)) == 2,
+                180,
+                0.3,
+                what="both workers' runs holding files",
+            )
+        except TimeoutError as exc:
+            raise AssertionError(hosts.story(name, deployment_id, up)) from exc
         phase("both workers busy")
 
         # One host dies mid-step, with the run it executes and the files that run holds.
