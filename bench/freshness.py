@@ -116,7 +116,7 @@ def analytics_outputs(spec: str, data: Path) -> list[Path]:
     """The current-output path of every analytics step (they don't exist before the first run)."""
     pipeline = load_pipeline(spec)
     store = Storage(data, pipeline.name)
-    return [store.analytics_path(step.name) for step in pipeline.analytics_order()]
+    return [Path(store.analytics_path(step.name)) for step in pipeline.analytics_order()]
 
 
 def mtimes(paths: Sequence[Path]) -> list[int | None]:
@@ -133,13 +133,25 @@ def wait_fresh(
     paths: Sequence[Path], before: list[int | None], t0: float, timeout: float
 ) -> tuple[float | None, float | None]:
     """Poll until every path's mtime moved on from ``before``; (first, all) seconds since t0."""
+    return wait_changed(lambda: mtimes(paths), before, t0, timeout)
+
+
+def wait_changed(
+    probe: Callable[[], Sequence[object]],
+    before: Sequence[object],
+    t0: float,
+    timeout: float,
+    poll: float = POLL_SECONDS,
+) -> tuple[float | None, float | None]:
+    """Poll ``probe`` (one token per output, None while it is missing: an mtime, an ETag) until
+    every token moved on from ``before``; (first, all) seconds since t0, all None on timeout."""
     first: float | None = None
-    fresh = [False] * len(paths)
+    fresh = [False] * len(before)
     deadline = t0 + timeout
     while True:
-        now_mtimes = mtimes(paths)
+        tokens = probe()
         now = time.perf_counter()
-        for i, (was, is_) in enumerate(zip(before, now_mtimes, strict=True)):
+        for i, (was, is_) in enumerate(zip(before, tokens, strict=True)):
             if not fresh[i] and is_ is not None and is_ != was:
                 fresh[i] = True
                 first = now - t0 if first is None else first
@@ -147,7 +159,7 @@ def wait_fresh(
             return first, now - t0
         if now > deadline:
             return first, None
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
 
 
 def measure(

@@ -115,10 +115,11 @@ plain = sales("perf_plain")
 with contextlib.suppress(TypeError):  # an older eventpipe has no map/combine (baseline runs)
     combine = combined("perf_combine")
 cpu = cpu_bound("perf_cpu")
-# ``plain`` under two more names, for two ``eventpipe up`` on one server (ledger_cost's part C):
-# a deployment and its trigger per pipeline name, so neither runs for the other's files.
+# ``plain`` under three more names, for three ``eventpipe up`` on one server (ledger_cost's part
+# C): a deployment and its trigger per pipeline name, so none runs for another's files.
 ledger_sqlite = sales("perf_ledger_sqlite")
 ledger_pg = sales("perf_ledger_pg")
+ledger_pg_bucket = sales("perf_ledger_pg_bucket")
 
 
 def spec(attr: str) -> str:

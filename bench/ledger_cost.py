@@ -15,13 +15,18 @@ file (the run's wall time / files), backends alternating between rounds, after a
 warm-up run on each.
 
 C. Freshness under ``eventpipe up``: the same pipeline (the harness's ``sales``, under one
-name per backend) in two ``eventpipe up`` subprocesses on one Prefect server, each with its
-own inbox, data dir and home, one with its data dir's SQLite ledger, one with ``--ledger`` a
-fresh PostgreSQL database (``up`` puts the URL into its own environment for the runs it
-executes: two loops in this process would share that variable). Files are dropped into the
-inboxes alternately, one backend then the other, ``--drops`` each, ~1.5 s apart so each file
-is alone, after 2 untimed drops each; a drop's freshness is measured as ``freshness.py``
-does: from just before the file is written until every analytics output's mtime changed.
+name per path) in three ``eventpipe up`` subprocesses on one Prefect server, each with its
+own inbox and home: ``sqlite`` with its local data dir's SQLite ledger, ``postgresql`` with a
+local data dir and ``--ledger`` a fresh PostgreSQL database, and ``postgresql+bucket`` with
+that ledger and ``--data s3://…`` a fresh bucket of a ``moto_server`` on 127.0.0.1 (every
+snapshot, version and output in the bucket, nothing local but the cache). ``up`` puts the
+ledger URL into its own environment for the runs it executes: three loops in this process
+would share that variable. Files are dropped into the inboxes in turn, the path that goes
+first rotating from one file to the next, ``--drops`` each, ~1.5 s apart so each file is
+alone, after 2 untimed drops each; a drop's freshness is measured as ``freshness.py`` does:
+from just before the file is written until every analytics output changed (its mtime on
+disk; its ETag and Last-Modified in the bucket, polled with HEAD every 20 ms, which adds up
+to ~25 ms to that path's figures).
 
 PostgreSQL is ``eventpipe.testing.postgres_server()``: the machine's own, on 127.0.0.1, with
 ``fsync=off``; SQLite is a WAL file with ``synchronous=NORMAL`` (no fsync per commit either).
@@ -53,14 +58,29 @@ from eventpipe.core.keys import asset_key
 from eventpipe.core.models import Landed
 from eventpipe.events.build import sighting_event
 from eventpipe.ledger import LEDGER_ENV, AssetRow, FileRow, Ledger
-from eventpipe.testing import Background, client_env, drop_file, fresh_database, postgres_server
+from eventpipe.testing import (
+    Background,
+    DataBucket,
+    client_env,
+    drop_file,
+    fresh_database,
+    moto_s3,
+    postgres_server,
+)
 
 NAME = "ledger_cost"
 BACKENDS = ("sqlite", "postgresql")
+FRESH_PATHS = ("sqlite", "postgresql", "postgresql+bucket")
+"""Part C's paths: the two ledgers on a local data dir, and PostgreSQL with the data in S3."""
 OPS = ("record_landed", "mark_sent", "claim_pending", "finish", "publish")
 PIPELINE = "perf_ledger"
-FRESH_SPECS = {"sqlite": "ledger_sqlite", "postgresql": "ledger_pg"}
-"""Part C's pipeline per backend: an attribute of harness.py, ``plain`` under another name."""
+FRESH_SPECS = {
+    "sqlite": "ledger_sqlite",
+    "postgresql": "ledger_pg",
+    "postgresql+bucket": "ledger_pg_bucket",
+}
+"""Part C's pipeline per path: an attribute of harness.py, ``plain`` under another name."""
+BUCKET_POLL_SECONDS = 0.02
 FRESH_WARMUP = 2
 FRESH_GAP_SECONDS = 1.5
 
@@ -74,7 +94,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=50, help="files per round of part A")
     parser.add_argument("--flow-rounds", type=int, default=None, help="rounds of part B (3)")
     parser.add_argument("--flow-files", type=int, default=None, help="files per run (50)")
-    parser.add_argument("--drops", type=int, default=None, help="timed drops per backend, C (30)")
+    parser.add_argument("--drops", type=int, default=None, help="timed drops per path, C (30)")
     parser.add_argument("--no-flow", action="store_true", help="part A only (no Prefect)")
     parser.add_argument("--no-freshness", action="store_true", help="parts A and B only")
     parser.add_argument("--results", default=NAME, help="results file name")
@@ -286,21 +306,33 @@ def measure_flow(root: Path, pg: str, rounds: int, count: int) -> dict[str, Any]
 
 
 class Loop:
-    """One backend's ``eventpipe up``: its own inbox, data dir, home and log under ``root``."""
+    """One path's ``eventpipe up``: its own inbox, home and log under ``root``; its data dir
+    there too, or in ``bucket``."""
 
-    def __init__(self, root: Path, api_url: str, backend: str, url: str | None) -> None:
-        self.backend, self.url = backend, url
-        self.spec = harness.spec(FRESH_SPECS[backend])
-        self.pipeline = getattr(harness, FRESH_SPECS[backend]).name
-        self.root = root / f"fresh-{backend}"
+    def __init__(
+        self,
+        root: Path,
+        api_url: str,
+        path: str,
+        url: str | None,
+        bucket: DataBucket | None = None,
+    ) -> None:
+        self.path, self.url, self.bucket = path, url, bucket
+        self.spec = harness.spec(FRESH_SPECS[path])
+        self.pipeline = getattr(harness, FRESH_SPECS[path]).name
+        self.root = root / f"fresh-{path.replace('+', '-')}"
         self.inbox, self.data = self.root / "inbox", self.root / "data"
         env = client_env(api_url, self.root / "client-home", EVENTPIPE_HOME=".eventpipe")
-        env.pop(LEDGER_ENV, None)  # the SQLite loop must not find a URL; the other gets its own
+        env.pop(LEDGER_ENV, None)  # the SQLite loop must not find a URL; the others get theirs
+        if bucket is not None:
+            env.update(bucket_env(bucket.endpoint))
+        data = bucket.uri if bucket is not None else str(self.data)
         argv = [sys.executable, "-m", "eventpipe.cli", "up", "--pipeline", self.spec]
-        argv += ["--inbox", str(self.inbox), "--data", str(self.data), "--api-url", api_url]
+        argv += ["--inbox", str(self.inbox), "--data", data, "--api-url", api_url]
         argv += ["--ledger", url] if url else []
         self.process = Background(argv, self.root / "up.log", env=env, cwd=self.root)
         self.outputs: list[Path] = []
+        self.keys: list[str] = []
 
     def start(self) -> Loop:
         self.root.mkdir(parents=True)
@@ -310,20 +342,47 @@ class Loop:
     def wait_up(self) -> None:
         self.process.wait_for_output("eventpipe is up", 240)
         self.outputs = freshness.analytics_outputs(self.spec, self.data)
+        if self.bucket is not None:  # the same relative paths, under the bucket's prefix
+            self.keys = [
+                self.bucket.prefix + p.relative_to(self.data).as_posix() for p in self.outputs
+            ]
+
+    def probe(self) -> list[Any]:
+        """One token per analytics output, None while it is missing: its mtime on disk, or
+        its ETag and Last-Modified in the bucket."""
+        if self.bucket is None:
+            return freshness.mtimes(self.outputs)
+        tokens: list[Any] = []
+        for key in self.keys:
+            try:
+                head = self.bucket.s3.head_object(Bucket=self.bucket.name, Key=key)
+            except self.bucket.s3.exceptions.ClientError:
+                tokens.append(None)
+            else:
+                tokens.append((head["ETag"], head["LastModified"]))
+        return tokens
 
     def drop(self, index: int, sample: freshness.Sample) -> freshness.Drop:
         """Write ``sample`` into the inbox; wait until every analytics output is new."""
-        before = freshness.mtimes(self.outputs)
+        before = self.probe()
+        poll = freshness.POLL_SECONDS if self.bucket is None else BUCKET_POLL_SECONDS
         dropped_at, t0 = time.time(), time.perf_counter()
         drop_file(self.inbox, *sample)
-        first, every = freshness.wait_fresh(self.outputs, before, t0, freshness.DROP_TIMEOUT)
+        first, every = freshness.wait_changed(self.probe, before, t0, freshness.DROP_TIMEOUT, poll)
         return freshness.Drop(index, first, every, dropped_at)
 
     def done(self) -> int:
-        """Files done in this loop's ledger; checks the ledger is the one it was given."""
+        """Files done in this loop's ledger; checks the ledger and the data are where it was
+        told (with bucket data: no data file under its root at all)."""
         sqlite_file = (self.data / "ledger.sqlite").exists()
         if sqlite_file != (self.url is None):
-            raise RuntimeError(f"{self.backend}: data dir's ledger.sqlite exists: {sqlite_file}")
+            raise RuntimeError(f"{self.path}: data dir's ledger.sqlite exists: {sqlite_file}")
+        if self.bucket is not None:
+            local = [p for p in self.root.rglob("*") if p.suffix in {".parquet", ".sqlite"}]
+            if local:
+                raise RuntimeError(f"{self.path}: data files on local disk: {local[:3]}")
+            if not self.bucket.objects(f"raw/{self.pipeline}/"):
+                raise RuntimeError(f"{self.path}: no raw snapshot in the bucket")
         ledger = harness.open_ledger(self.data, self.url)
         try:
             return ledger.counts(self.pipeline).get("done", 0)
@@ -331,47 +390,75 @@ class Loop:
             ledger.close()
 
 
+def bucket_env(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables for the moto server at ``endpoint``."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 def measure_freshness(root: Path, pg: str, drops: int) -> dict[str, Any]:
-    """Part C on the Prefect server of ``root``: both loops up at once, drops alternating."""
+    """Part C on the Prefect server of ``root``: the three loops up at once, drops in turn."""
     api_url = os.environ["PREFECT_API_URL"]  # harness.prefect_server's server
     if os.environ.get(LEDGER_ENV):
         raise RuntimeError(f"{LEDGER_ENV} is set: the SQLite loop would find it")
-    loops = [
-        Loop(root, api_url, b, fresh_database(pg, "fresh") if b == "postgresql" else None)
-        for b in BACKENDS
-    ]
-    samples = freshness.make_samples(root / "fresh-staging", FRESH_WARMUP + drops)
-    timed: dict[str, list[freshness.Drop]] = {b: [] for b in BACKENDS}
-    try:
-        for loop in loops:
-            loop.start()
-        for loop in loops:
-            loop.wait_up()
-        for index, sample in enumerate(samples):
-            for loop in loops:  # the same file on each, one backend after the other
-                drop = loop.drop(index, sample)
-                shown = f"{drop.all_seconds:6.3f} s" if drop.all_seconds is not None else "timeout"
-                if index < FRESH_WARMUP:
-                    print(f"  warm-up {loop.backend:10} drop {index + 1}: {shown}", flush=True)
-                else:
-                    timed[loop.backend].append(drop)
-                    number = f"{index - FRESH_WARMUP + 1:2}/{drops}"
-                    print(f"  fresh {loop.backend:10} drop {number}: {shown}", flush=True)
-                time.sleep(FRESH_GAP_SECONDS)
-        done = {loop.backend: loop.done() for loop in loops}
-    finally:
-        for loop in loops:
-            loop.process.stop(timeout=60)
-    for backend, count in done.items():
+    with moto_s3(root / "moto.log") as endpoint:
+        os.environ.update(bucket_env(endpoint))  # this process's boto3 (DataBucket)
+        loops = [
+            Loop(root, api_url, "sqlite", None),
+            Loop(root, api_url, "postgresql", fresh_database(pg, "fresh")),
+            Loop(
+                root,
+                api_url,
+                "postgresql+bucket",
+                fresh_database(pg, "freshb"),
+                DataBucket(endpoint, prefix="bench/"),
+            ),
+        ]
+        samples = freshness.make_samples(root / "fresh-staging", FRESH_WARMUP + drops)
+        timed: dict[str, list[freshness.Drop]] = {p: [] for p in FRESH_PATHS}
+        try:
+            for loop in loops:
+                loop.start()
+            for loop in loops:
+                loop.wait_up()
+            for index, sample in enumerate(samples):
+                turn = index % len(loops)  # who goes first rotates
+                for loop in loops[turn:] + loops[:turn]:  # the same file on each, in turn
+                    drop = loop.drop(index, sample)
+                    shown = (
+                        f"{drop.all_seconds:6.3f} s" if drop.all_seconds is not None else "timeout"
+                    )
+                    if index < FRESH_WARMUP:
+                        print(f"  warm-up {loop.path:17} drop {index + 1}: {shown}", flush=True)
+                    else:
+                        timed[loop.path].append(drop)
+                        number = f"{index - FRESH_WARMUP + 1:2}/{drops}"
+                        print(f"  fresh {loop.path:17} drop {number}: {shown}", flush=True)
+                    time.sleep(FRESH_GAP_SECONDS)
+            done = {loop.path: loop.done() for loop in loops}
+        finally:
+            for loop in loops:
+                loop.process.stop(timeout=60)
+    for path, count in done.items():
         if count != len(samples):
-            raise RuntimeError(f"{backend}: {count} files done of {len(samples)} dropped")
-    summary = {b: freshness.summarize(b, timed[b]) for b in BACKENDS}
-    sqlite_p50, pg_p50 = summary["sqlite"].p50, summary["postgresql"].p50
+            raise RuntimeError(f"{path}: {count} files done of {len(samples)} dropped")
+    summary = {p: freshness.summarize(p, timed[p]) for p in FRESH_PATHS}
+    sqlite_p50 = summary["sqlite"].p50
+
+    def ratio(path: str) -> float | None:
+        p50 = summary[path].p50
+        return round(p50 / sqlite_p50, 3) if sqlite_p50 and p50 else None
+
     return {
-        "summary": {b: asdict(s) for b, s in summary.items()},
-        "ratio_pg_sqlite_p50": round(pg_p50 / sqlite_p50, 3) if sqlite_p50 and pg_p50 else None,
+        "summary": {p: asdict(s) for p, s in summary.items()},
+        "ratio_pg_sqlite_p50": ratio("postgresql"),
+        "ratio_bucket_sqlite_p50": ratio("postgresql+bucket"),
         "files_done": done,
-        "drops": {b: [asdict(d) for d in timed[b]] for b in BACKENDS},
+        "drops": {p: [asdict(d) for d in timed[p]] for p in FRESH_PATHS},
     }
 
 
@@ -383,7 +470,7 @@ def report(
     ops: dict[str, Any],
     flow: dict[str, Any] | None,
     fresh: dict[str, Any] | None = None,
-) -> list:
+) -> list[dict[str, Any]]:
     """Print the tables; return the suite's figures."""
     med, ratio = ops["median_us_per_file"], ops["ratio_pg_sqlite"]
     print()
@@ -433,10 +520,11 @@ def report(
         )
     if fresh is not None:
         summary, ratio_p50 = fresh["summary"], fresh["ratio_pg_sqlite_p50"]
+        bucket_p50 = fresh.get("ratio_bucket_sqlite_p50")
         print()
         print(
             f"C. `eventpipe up`: file written -> every analytics output updated, seconds,"
-            f" {args.drops} drops per backend, interleaved"
+            f" {args.drops} drops per path, interleaved"
         )
         print(
             harness.table(
@@ -445,7 +533,8 @@ def report(
                     [b, s["n"], s["timeouts"], _s(s["p50"]), _s(s["p95"]), _s(s["max"])]
                     for b, s in summary.items()
                 ]
-                + [["PG / SQLite (p50)", "", "", _x(ratio_p50), "", ""]],
+                + [["PG / SQLite (p50)", "", "", _x(ratio_p50), "", ""]]
+                + [["PG + bucket / SQLite (p50)", "", "", _x(bucket_p50), "", ""]],
             )
         )
         pg, lite = summary["postgresql"], summary["sqlite"]
@@ -459,6 +548,18 @@ def report(
                 "met": None,
             }
         )
+        if "postgresql+bucket" in summary:
+            both = summary["postgresql+bucket"]
+            figures.append(
+                {
+                    "figure": "freshness under `eventpipe up`, p50 / p95: PostgreSQL ledger and "
+                    "data in S3 (moto) vs SQLite and a local data dir",
+                    "value": f"{_s(both['p50'])} s / {_s(both['p95'])} s vs"
+                    f" {_s(lite['p50'])} s / {_s(lite['p95'])} s (p50 {_x(bucket_p50)})",
+                    "goal": "-",
+                    "met": None,
+                }
+            )
     return figures
 
 
@@ -488,7 +589,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     )
                     flow = measure_flow(server_root, pg, args.flow_rounds, args.flow_files)
                     if not args.no_freshness:
-                        print(f"part C: {args.drops} drops per backend, interleaved", flush=True)
+                        print(f"part C: {args.drops} drops per path, interleaved", flush=True)
                         fresh = measure_freshness(server_root, pg, args.drops)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -499,8 +600,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "publish of its partition's asset row), median over rounds; B: wall seconds of one "
         "materialize run of N new files / N. Backends alternate between rounds. C: seconds from "
         "just before a file is written into an `eventpipe up`'s inbox until every analytics "
-        "output has a new mtime, one `up` per backend on one Prefect server, drops "
-        "alternating between them.",
+        "output has a new mtime (or, in the bucket, a new ETag / Last-Modified), one `up` per "
+        "path on one Prefect server, drops in turn, the first path rotating.",
         "config": {
             "rounds": args.rounds,
             "files_per_round": args.files,
@@ -514,7 +615,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "pipeline": harness.spec("plain"),
             "sqlite": "WAL, synchronous=NORMAL, a file on local disk",
             "postgresql": "eventpipe.testing.postgres_server(): 127.0.0.1, fsync=off, "
-            "a fresh database per flow run and one for part C's `eventpipe up`",
+            "a fresh database per flow run and one for each of part C's PostgreSQL loops",
+            "bucket": "part C's postgresql+bucket: moto_server (eventpipe.testing.moto_s3) on "
+            f"127.0.0.1, a fresh bucket; outputs polled with HEAD every {BUCKET_POLL_SECONDS} s",
         },
         "ops": ops,
         "flow": flow,
