@@ -64,6 +64,7 @@ from eventpipe.testing import (
     client_env,
     drop_file,
     fresh_database,
+    moto_env,
     moto_s3,
     postgres_server,
 )
@@ -325,7 +326,7 @@ class Loop:
         env = client_env(api_url, self.root / "client-home", EVENTPIPE_HOME=".eventpipe")
         env.pop(LEDGER_ENV, None)  # the SQLite loop must not find a URL; the others get theirs
         if bucket is not None:
-            env.update(bucket_env(bucket.endpoint))
+            env.update(moto_env(bucket.endpoint))
         data = bucket.uri if bucket is not None else str(self.data)
         argv = [sys.executable, "-m", "eventpipe.cli", "up", "--pipeline", self.spec]
         argv += ["--inbox", str(self.inbox), "--data", data, "--api-url", api_url]
@@ -390,23 +391,13 @@ class Loop:
             ledger.close()
 
 
-def bucket_env(endpoint: str) -> dict[str, str]:
-    """The standard AWS variables for the moto server at ``endpoint``."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-
-
 def measure_freshness(root: Path, pg: str, drops: int) -> dict[str, Any]:
     """Part C on the Prefect server of ``root``: the three loops up at once, drops in turn."""
     api_url = os.environ["PREFECT_API_URL"]  # harness.prefect_server's server
     if os.environ.get(LEDGER_ENV):
         raise RuntimeError(f"{LEDGER_ENV} is set: the SQLite loop would find it")
     with moto_s3(root / "moto.log") as endpoint:
-        os.environ.update(bucket_env(endpoint))  # this process's boto3 (DataBucket)
+        os.environ.update(moto_env(endpoint))  # this process's boto3 (DataBucket)
         loops = [
             Loop(root, api_url, "sqlite", None),
             Loop(root, api_url, "postgresql", fresh_database(pg, "fresh")),

@@ -81,6 +81,7 @@ TESTING = [
     "fake_endpoint",
     "fresh_database",
     "land_file",
+    "moto_env",
     "moto_s3",
     "postgres_server",
     "prefect_server",

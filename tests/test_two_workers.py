@@ -43,6 +43,7 @@ from eventpipe.testing import (
     client_env,
     eventpipe_up,
     fresh_database,
+    moto_env,
     upload,
     wait_for,
 )
@@ -82,23 +83,7 @@ WAVES = [
 HEARTBEAT = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
 
-# Where every "host" finds S3: the standard variable, as for any AWS client.
-S3_ENV = {
-    "AWS_ENDPOINT_URL": "",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-}
 PIPELINE_FILES = ("*.parquet", "*.sqlite*", "*.csv", "*.json")
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    """Where every "host" finds S3: the standard variables, as for any AWS client."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
 
 
 def own_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -331,7 +316,7 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
     api = prefect_server.api_url
     name = "two" + uuid.uuid4().hex[:10]
     ledger = fresh_database(postgres_url, "two")
-    s3 = s3_env(moto_endpoint)
+    s3 = moto_env(moto_endpoint)  # where every "host" finds S3, as any AWS client
     data, landing = DataBucket(moto_endpoint), Landing(moto_endpoint)
     hold, watcher = tmp_path / "hold", tmp_path / "watcher"
     (tmp_path / "project").mkdir()

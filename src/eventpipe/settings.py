@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     ledger: SecretStr | None = Field(
         default=None,
         description="The ledger's database: a SQLAlchemy URL (postgresql+psycopg://user:pass@host"
-        "/db, or sqlite:///path); unset, <data>/ledger.sqlite.",
+        "/db, or sqlite:///path); unset, ledger.sqlite in the data dir.",
     )
     ledger_block: str | None = Field(
         default=None,

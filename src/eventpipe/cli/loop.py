@@ -75,7 +75,10 @@ def up(
 
     configured = settings_or_configured(settings)
     loop = LocalLoop(configured, on_run=print_run, on_fetch=print_fetch)
-    console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
+    if configured.api_url:
+        console.print(f"starting eventpipe on the Prefect server at {configured.api_url} …")
+    else:
+        console.print("starting eventpipe (the first start of a Prefect server takes ~30 s) …")
     try:
         loop.start()
     except EventpipeError:

@@ -8,7 +8,8 @@ own tests use them too.
 - ``files``: :func:`drop_file` (temp name, then rename), :func:`land_file` (recorded as the
   watcher would, without one), :func:`wait_for` (a condition, never a fixed sleep).
 - ``s3``: :func:`moto_s3` (S3 + SQS over HTTP on 127.0.0.1), :func:`upload`,
-  :class:`DataBucket` (a bucket for ``--data s3://``, read as any S3 client would).
+  :class:`DataBucket` (a bucket for ``--data s3://``, read as any S3 client would),
+  :func:`moto_env` (the AWS variables that point a subprocess at it).
 - ``postgres``: :func:`postgres_server` (the machine's PostgreSQL, as root too) and
   :func:`fresh_database` (a new database on it, one per test).
 - ``processes``: :class:`Background`, :func:`eventpipe_up` (subprocesses stopped with all
@@ -24,7 +25,7 @@ from eventpipe.testing.http import FakeEndpoint, Reply, SeenRequest, fake_endpoi
 from eventpipe.testing.postgres import fresh_database, postgres_server
 from eventpipe.testing.prefect import client_env, configure_prefect_env, prefect_server, read_events
 from eventpipe.testing.processes import Background, eventpipe_up
-from eventpipe.testing.s3 import DataBucket, moto_s3, upload
+from eventpipe.testing.s3 import DataBucket, moto_env, moto_s3, upload
 
 __all__ = [
     "Background",
@@ -39,6 +40,7 @@ __all__ = [
     "fake_endpoint",
     "fresh_database",
     "land_file",
+    "moto_env",
     "moto_s3",
     "postgres_server",
     "prefect_server",

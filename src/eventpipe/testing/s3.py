@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def moto_env(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables that point any S3 client (boto3, pyarrow, eventpipe in a
+    subprocess) at the moto server at ``endpoint``, with its dummy keys."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @contextmanager
 def moto_s3(log_file: Path | None = None) -> Iterator[str]:
     """A real S3 + SQS protocol server (``moto_server``) on 127.0.0.1 and a free port, for the

@@ -19,18 +19,12 @@ import threading
 from pathlib import Path
 
 from eventpipe.testing.postgres import postgres_server
-from eventpipe.testing.s3 import moto_s3
+from eventpipe.testing.s3 import moto_env, moto_s3
 
 
 def env_lines(ledger: str, endpoint: str) -> list[str]:
     """The variables of the services, as ``NAME=value`` lines of an env file."""
-    return [
-        f"EVENTPIPE_LEDGER={ledger}",
-        f"AWS_ENDPOINT_URL={endpoint}",
-        "AWS_ACCESS_KEY_ID=testing",
-        "AWS_SECRET_ACCESS_KEY=testing",
-        "AWS_DEFAULT_REGION=us-east-1",
-    ]
+    return [f"{k}={v}" for k, v in {"EVENTPIPE_LEDGER": ledger, **moto_env(endpoint)}.items()]
 
 
 def main(argv: list[str] | None = None) -> None:
