@@ -191,6 +191,31 @@ def test_files_of_a_run_that_is_over_go_back_to_pending(ledger: Ledger, tmp_path
     assert states == {"a.csv": "landed", "b.csv": "processing"}
 
 
+def test_files_a_run_claims_while_the_janitor_looks_are_left_to_it(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A run that claims files after the janitor read the claims, and before it reclaims
+    those of runs that are over, keeps them: it is not over, only new to the janitor."""
+    inbox = tmp_path / "inbox"
+    land(ledger, inbox, "a.csv")
+    ledger.claim_pending(PIPELINE, "run-crashed")
+    land(ledger, inbox, "b.csv")
+    server = Server(over={"run-crashed"}, active=True, deployment=found())
+
+    def finished(ids: set[str]) -> set[str]:  # meanwhile, on another host, a run starts
+        assert ids == {"run-crashed"}
+        assert [f.relative for f in ledger.claim_pending(PIPELINE, "run-starting")] == ["b.csv"]
+        return ids & server.over
+
+    janitor = workers(ledger, server)
+    janitor.finished = finished
+    done = janitor.tend_once(time.time())
+
+    assert done == Tended(reclaimed=1, requested=False)
+    files = {f.relative: (f.state, f.run_id) for f in ledger.files(PIPELINE)}
+    assert files == {"a.csv": ("landed", "run-crashed"), "b.csv": ("processing", "run-starting")}
+
+
 def test_a_run_is_requested_only_when_none_is_on_its_way(ledger: Ledger, tmp_path: Path) -> None:
     seen = land(ledger, tmp_path / "inbox", "a.csv")
     deployment = uuid4()

@@ -453,8 +453,9 @@ def test_reclaim_stale_returns_files_of_dead_runs_only(ledger: Ledger) -> None:
     ledger.claim_pending(PIPELINE, "crashed-run", limit=2)
     ledger.claim_pending(PIPELINE, "live-run")
 
-    assert ledger.reclaim_stale(PIPELINE, live_run_ids={"live-run"}) == 2
+    assert ledger.reclaim_stale(PIPELINE, runs={"crashed-run"}) == 2
     assert ledger.counts(PIPELINE) == {"landed": 2, "processing": 1}
+    assert ledger.reclaim_stale(PIPELINE, runs={"crashed-run", "unknown-run"}) == 0
     assert [r.relative for r in ledger.claim_pending(PIPELINE, "next-run")] == ["a.csv", "b.csv"]
 
     assert ledger.reclaim_stale(PIPELINE) == 3  # no live runs known: everything goes back

@@ -194,8 +194,12 @@ class Files(Database):
             )
         return sorted((_file_row(r) for r in rows), key=lambda r: r.id)
 
-    def reclaim_stale(self, pipeline: str, live_run_ids: set[str] | None = None) -> int:
-        """Put files left in ``processing`` by a run that is gone back to pending."""
+    def reclaim_stale(self, pipeline: str, runs: set[str] | None = None) -> int:
+        """Put files left in ``processing`` back to pending: those claimed by ``runs`` (runs
+        known to be over), or every claimed file when ``runs`` is None (no run can be live).
+
+        Naming the dead runs, not the live ones: a run that claims files while the caller
+        decides is neither, and its claim is left alone."""
         with self._tx(lock=pipeline) as db:
             rows = db.execute(
                 text(
@@ -203,7 +207,7 @@ class Files(Database):
                 ),
                 {"pipeline": pipeline},
             ).all()
-            stale = [r for r in rows if live_run_ids is None or r[1] not in live_run_ids]
+            stale = [r for r in rows if runs is None or r[1] in runs]
             if not stale:
                 return 0
             # Only if still claimed by that run: it may have finished since the rows were read.

@@ -214,7 +214,10 @@ class WorkerJanitor:
         if not claimed:
             return 0
         over = self.finished(claimed)
-        reclaimed = self.ledger.reclaim_stale(self.pipeline, live_run_ids=claimed - over)
+        if not over:
+            return 0
+        # Only the runs known to be over: a run claiming files right now is not in `claimed`.
+        reclaimed = self.ledger.reclaim_stale(self.pipeline, runs=over)
         if reclaimed:
             log.warning(
                 "%d file(s) claimed by run(s) that ended without finishing them: retried",
