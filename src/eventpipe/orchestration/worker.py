@@ -1,0 +1,266 @@
+"""The ``eventpipe`` Prefect worker type: ``prefect work-pool create P --type eventpipe``, then
+``prefect worker start --pool P``, as for any worker type (the class is found through the
+``prefect.collections`` entry point).
+
+It is Prefect's worker with two changes where the seconds go:
+
+- **Warm processes.** Each flow run executes in an interpreter started ahead of time with
+  Prefect, eventpipe's flows and pandas imported (``eventpipe.orchestration.warm``), one run
+  per process, so a run starts in a fraction of a second instead of after seconds of imports.
+  The pool keeps ``warm_processes`` of them waiting (a variable of the pool's base job
+  template).
+- **Runs heard at once.** Besides Prefect's poll (``PREFECT_WORKER_QUERY_SECONDS``, kept as
+  the fallback), the worker listens on the events websocket for ``prefect.flow-run.Scheduled``
+  of its pool's runs and polls the moment one is announced.
+
+Everything else is the base worker's: the claim (propose Pending; ``Abort`` means another
+worker won), job variables, labels, the infrastructure pid, "Crashed" when the process
+exits without a final state, cancelling runs that have not started. A running run cancelled
+from the UI or the API is stopped here (its process session is killed) and marked Cancelled;
+``timeout_seconds`` stops a run that runs too long; a worker asked to stop lets its runs
+finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+from prefect.exceptions import InfrastructureNotFound
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+from pydantic import Field
+
+from eventpipe.orchestration.warm import Job, WarmPool, WarmProcess
+
+log = logging.getLogger("eventpipe.worker")
+
+WORKER_TYPE = "eventpipe"
+DEFAULT_WARM = 2
+CANCELLING = "prefect.flow-run.Cancelling"
+SCHEDULED = "prefect.flow-run.Scheduled"
+
+
+class EventpipeJobConfiguration(BaseJobConfiguration):
+    working_dir: Path | None = Field(default=None)
+    timeout_seconds: float | None = Field(default=None)
+    warm_processes: int = Field(default=DEFAULT_WARM)
+    preload: list[str] = Field(default_factory=list)
+
+
+class EventpipeVariables(BaseVariables):
+    working_dir: Path | None = Field(
+        default=None,
+        title="Working directory",
+        description="Where each flow run executes; by default a new temporary directory.",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        title="Time limit (seconds)",
+        description="A run still executing after this long is stopped and marked Crashed.",
+    )
+    warm_processes: int = Field(
+        default=DEFAULT_WARM,
+        ge=1,
+        title="Warm processes",
+        description="How many interpreters each worker keeps imported and waiting for a run"
+        " (each holds Prefect, eventpipe and pandas in memory: about 150 MB).",
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        title="Modules to import ahead",
+        description="Imported by every warm process before it waits, e.g. your pipelines'"
+        " modules, so a run does not import them.",
+    )
+
+
+class EventpipeWorkerResult(BaseWorkerResult):
+    """The exit code of a run's warm process."""
+
+
+class EventpipeWorker(
+    BaseWorker[EventpipeJobConfiguration, EventpipeVariables, EventpipeWorkerResult]
+):
+    type = WORKER_TYPE
+    job_configuration = EventpipeJobConfiguration
+    job_configuration_variables = EventpipeVariables
+    _description = (
+        "Execute flow runs in warm Python processes on the worker, started ahead with Prefect"
+        " and eventpipe imported, and pick runs up the moment they are scheduled."
+    )
+    _display_name = "eventpipe (warm processes)"
+    _documentation_url = "https://github.com/eventpipe/eventpipe#the-eventpipe-worker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._warm: WarmPool | None = None
+        self._running: dict[UUID, WarmProcess] = {}
+        self._cancelled: set[UUID] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def _initialize_after_sync(self) -> None:
+        await super()._initialize_after_sync()
+        if self._work_pool is None:
+            return
+        if self._warm is None:
+            self._warm = WarmPool(*self._pool_settings())
+            await anyio.to_thread.run_sync(self._warm.fill)
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    def _pool_settings(self) -> tuple[int, list[str]]:
+        """``warm_processes`` and ``preload`` as the pool's base job template defaults them."""
+        template = self._work_pool.base_job_template if self._work_pool else {}
+        props = (template or {}).get("variables", {}).get("properties", {})
+        size = props.get("warm_processes", {}).get("default", DEFAULT_WARM)
+        preload = props.get("preload", {}).get("default") or []
+        return int(size), [str(m) for m in preload]
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        try:
+            await super().teardown(*exc_info)  # waits for the runs in progress
+        finally:
+            if self._warm is not None:
+                await anyio.to_thread.run_sync(self._warm.close)
+
+    # -- hearing of runs ---------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Poll at once whenever a run of this pool is scheduled; stop running runs that are
+        cancelled. Reconnects when the stream drops; the regular poll covers the gaps."""
+        assert self._work_pool is not None
+        pool = f"prefect.work-pool.{self._work_pool.id}"
+        stream = EventFilter(
+            event=EventNameFilter(name=[SCHEDULED, CANCELLING]),
+            any_resource=EventAnyResourceFilter(id=[pool]),
+        )
+        retry = 0.5
+        while True:
+            try:
+                async with get_events_subscriber(
+                    filter=stream, reconnect_on_clean_close=True
+                ) as events:
+                    retry = 0.5
+                    async for event in events:
+                        run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
+                        if event.event == CANCELLING:
+                            await self._stop_cancelled(run_id)
+                        else:
+                            await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("event stream lost (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 10.0)
+
+    async def _poll_once(self) -> None:
+        try:
+            await self.get_and_submit_flow_runs()
+        except Exception:
+            log.exception("could not poll for flow runs")
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        return await super().get_and_submit_flow_runs()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: EventpipeJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> EventpipeWorkerResult:
+        if self._warm is None:  # a run submitted before the first sync finished
+            self._warm = WarmPool(configuration.warm_processes, configuration.preload)
+        warm = self._warm
+        process = await anyio.to_thread.run_sync(warm.take)
+        self._running[flow_run.id] = process
+        temporary = None
+        if configuration.working_dir is None:
+            temporary = tempfile.TemporaryDirectory(suffix="eventpipe")
+            cwd = temporary.name
+        else:
+            cwd = str(configuration.working_dir)
+        try:
+            process.start_run(Job(str(flow_run.id), configuration.env, cwd))
+            if task_status is not None:
+                task_status.started(process.pid)
+            code = await anyio.to_thread.run_sync(
+                self._wait, process, configuration.timeout_seconds, flow_run
+            )
+        finally:
+            self._running.pop(flow_run.id, None)
+            if temporary is not None:
+                temporary.cleanup()
+        if flow_run.id in self._cancelled:
+            self._cancelled.discard(flow_run.id)
+            code = 0  # stopped on purpose and marked Cancelled: not a crash
+        return EventpipeWorkerResult(identifier=str(process.pid), status_code=code)
+
+    def _wait(self, process: WarmProcess, timeout: float | None, flow_run: FlowRun) -> int:
+        try:
+            return process.wait(timeout)
+        except Exception:  # subprocess.TimeoutExpired
+            self.get_flow_run_logger(flow_run).error(
+                "the run is still executing after its time limit (timeout_seconds=%s): stopped",
+                timeout,
+            )
+            process.kill(signal.SIGTERM)
+            try:
+                return process.wait(10)
+            except Exception:
+                process.kill()
+                return process.wait()
+
+    async def _stop_cancelled(self, run_id: UUID) -> None:
+        """A run of this worker's is Cancelling: kill its process, mark it Cancelled."""
+        process = self._running.get(run_id)
+        if process is None:
+            return
+        self._cancelled.add(run_id)
+        # SIGKILL, not SIGTERM: on SIGTERM the engine would report the run Crashed itself.
+        # Nothing is lost: outputs are written whole or not at all, and the files go back to
+        # pending once the run is over.
+        process.kill()
+        deadline = time.monotonic() + 10
+        while process.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        flow_run = await self.client.read_flow_run(run_id)
+        if flow_run.state is not None and flow_run.state.type == StateType.CANCELLING:
+            await self._mark_flow_run_as_cancelled(
+                flow_run, state_updates={"message": "Cancelled: the worker stopped the run."}
+            )
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: EventpipeJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        pid = int(str(infrastructure_pid).rsplit(":", 1)[-1])
+        for run_id, process in list(self._running.items()):
+            if process.pid == pid:
+                self._cancelled.add(run_id)
+                process.kill()
+                return
+        raise InfrastructureNotFound(f"process {pid} is not one of this worker's runs")
