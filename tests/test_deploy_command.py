@@ -202,7 +202,7 @@ def test_a_missing_work_pool_is_a_clear_error(project: Project, tmp_path: Path) 
     )
     assert result.returncode != 0
     assert f"no work pool {pool!r}" in result.stderr
-    assert f"prefect work-pool create {pool} --type process" in result.stderr
+    assert f"prefect work-pool create {pool} --type eventpipe" in result.stderr
     with pytest.raises(ObjectNotFound):
         project.deployment()
 

@@ -36,6 +36,7 @@ from eventpipe.testing import (
     drop_file,
     eventpipe_up,
     fresh_database,
+    read_events,
     wait_for,
 )
 
@@ -315,4 +316,27 @@ def test_a_killed_warm_process_crashes_its_run_and_a_cancelled_run_stops(setup: 
     waiting(setup, lambda: setup.all_done(1), 120, "k-1.csv done on its third attempt")
     (row,) = setup.files()
     assert row.attempts == 3
-    assert setup.workers[0].running  # the worker lives on, with fresh warm processes
+    worker = setup.workers[0]
+    assert worker.running  # the worker lives on, with fresh warm processes
+
+    # Asked to stop (Ctrl-C) mid-run, the worker lets the run finish, then exits.
+    setup.hold.touch()
+    drop(setup, "k-2.csv", 8)
+    last = waiting(setup, setup.running_run, 120, "a run holding k-2.csv")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGINT)
+    # The worker says it stopped (an event sent as it tears down) while the run still holds.
+    slug = f"prefect.worker.eventpipe.{setup.pool}-1"
+    waiting(
+        setup,
+        lambda: read_events(setup.api, ["prefect.worker.stopped"], [slug]),
+        60,
+        "the worker's stopped event",
+    )
+    assert states(setup.deployment_id)[str(last.id)] == "RUNNING"
+    setup.hold.unlink()
+    waiting(setup, lambda: setup.all_done(2), 120, "k-2.csv done while the worker stops")
+    waiting(
+        setup, lambda: states(setup.deployment_id)[str(last.id)] == "COMPLETED", 60, "Completed"
+    )
+    waiting(setup, lambda: not worker.running, 60, "the worker to exit")

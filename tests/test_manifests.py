@@ -431,7 +431,7 @@ def test_kubernetes_deploy_job_registers_the_pipeline_on_the_workers_pool() -> N
     deploy = specs["eventpipe-deploy"]
     line = script(container(deploy)["command"])
     assert f"prefect work-pool inspect {pool}" in line
-    assert f"prefect work-pool create {pool} --type process" in line
+    assert f"prefect work-pool create {pool} --type eventpipe" in line
     registers = line[line.index("eventpipe deploy") :]
     env = effective_env(deploy)
     assert option(registers, "--pool", env) == pool
@@ -648,7 +648,7 @@ def test_compose_deploy_registers_the_pipeline_on_the_workers_pool() -> None:
     assert prefect_yaml_pools() == {pool}  # `prefect deploy --all` agrees
     line = script(deploy["command"])
     assert f"prefect work-pool inspect {pool}" in line
-    assert f"prefect work-pool create {pool} --type process" in line
+    assert f"prefect work-pool create {pool} --type eventpipe" in line
     registers = line[line.index("eventpipe deploy") :]
     assert option(registers, "--pool", deploy["environment"]) == pool
     pipeline = option(registers, "--pipeline", deploy["environment"])

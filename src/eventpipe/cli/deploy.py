@@ -39,7 +39,7 @@ def deploy(*, settings: Annotated[Settings | None, DEPLOY_SETTINGS] = None) -> N
     if not s.pool:
         raise ConfigError(
             "say which work pool runs the deployment: --pool POOL (create one with"
-            " `prefect work-pool create POOL --type process`)"
+            " `prefect work-pool create POOL --type eventpipe`, or --type process)"
         )
     if s.api_url:
         # Before Prefect is imported: it reads its API URL once, at import.

@@ -89,7 +89,8 @@ def require_work_pool(pool: str) -> None:
         except ObjectNotFound:
             raise ConfigError(
                 f"no work pool {pool!r} on this server: create it with `prefect work-pool"
-                f" create {pool} --type process`, then deploy again"
+                f" create {pool} --type eventpipe` (warm processes; or --type process), then"
+                " deploy again"
             ) from None
 
 
