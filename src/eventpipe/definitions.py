@@ -10,9 +10,10 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
+if TYPE_CHECKING:  # only annotations here: importing pandas costs ~0.5 s
+    import pandas as pd
 
 StepKind = Literal["process", "analytics"]
 

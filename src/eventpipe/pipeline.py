@@ -15,12 +15,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any, TypeVar, overload
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from eventpipe.definitions import FETCH_FORMATS, Fetch, Schema, Step, StepKind
 from eventpipe.exceptions import PipelineDefinitionError
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import: `eventpipe --help` does not need it
+    import pandas as pd
 
 __all__ = [
     "FETCH_FORMATS",
