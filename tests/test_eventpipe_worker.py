@@ -148,10 +148,11 @@ class Setup:
             self.deployment_id = client.read_deployment_by_name(f"materialize/{self.name}").id
         return created
 
-    def start_workers(self, count: int = 2) -> None:
+    def start_workers(self, count: int = 2, **extra: str) -> None:
         for i in range(1, count + 1):
             home = self.root / f"worker-{i}"
-            env = self.env(home, PREFECT_WORKER_QUERY_SECONDS="10", PREFECT_LOGGING_LEVEL="INFO")
+            settings = {"PREFECT_WORKER_QUERY_SECONDS": "10", **extra}
+            env = self.env(home, PREFECT_LOGGING_LEVEL="INFO", **settings)
             argv = ["worker", "start", "--pool", self.pool, "--name", f"{self.pool}-{i}"]
             worker = Background(
                 [sys.executable, "-m", "prefect", *argv, "--limit", "1"],
@@ -340,3 +341,30 @@ def test_a_killed_warm_process_crashes_its_run_and_a_cancelled_run_stops(setup: 
         setup, lambda: states(setup.deployment_id)[str(last.id)] == "COMPLETED", 60, "Completed"
     )
     waiting(setup, lambda: not worker.running, 60, "the worker to exit")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_without_the_websocket_the_poll_runs_files_and_a_paused_deployment_waits(
+    setup: Setup,
+) -> None:
+    setup.deploy()
+    # No events websocket (as behind a proxy that refuses one): Prefect's poll alone.
+    setup.start_workers(1, EVENTPIPE_WORKER_LISTEN="false", PREFECT_WORKER_QUERY_SECONDS="1")
+    setup.start_watcher()
+    drop(setup, "p-1.csv", 3)
+    waiting(setup, lambda: setup.all_done(1), 120, "p-1.csv done through the poll")
+
+    # Paused: the trigger still makes a run, the worker leaves it Scheduled until resumed.
+    assert setup.deployment_id is not None
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(setup.deployment_id)
+    drop(setup, "p-2.csv", 4)
+    worker = setup.workers[0]
+    waiting(setup, lambda: "is paused: flow run" in worker.output(), 120, "the worker to leave it")
+    waiting_runs = [r for r, state in states(setup.deployment_id).items() if state == "SCHEDULED"]
+    assert waiting_runs, states(setup.deployment_id)
+    assert {f.relative: f.state for f in setup.files()}["p-2.csv"] != "done"
+    with get_client(sync_client=True) as client:
+        client.resume_deployment(setup.deployment_id)
+    waiting(setup, lambda: setup.all_done(2), 120, "p-2.csv done once resumed")

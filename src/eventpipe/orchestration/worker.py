@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -35,9 +36,10 @@ from uuid import UUID
 import anyio
 import anyio.abc
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
-from prefect.exceptions import InfrastructureNotFound
+from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect.workers.base import (
     BaseJobConfiguration,
     BaseVariables,
@@ -53,6 +55,9 @@ log = logging.getLogger("eventpipe.worker")
 WORKER_TYPE = "eventpipe"
 DEFAULT_WARM = 2
 CANCELLING = "prefect.flow-run.Cancelling"
+LISTEN_ENV = "EVENTPIPE_WORKER_LISTEN"
+"""``false``: no events websocket (behind a proxy that refuses websockets, say): only the poll
+finds runs, and a run cancelled while it runs is no longer stopped by this worker."""
 SCHEDULED = "prefect.flow-run.Scheduled"
 
 
@@ -112,6 +117,7 @@ class EventpipeWorker(
         self._running: dict[UUID, WarmProcess] = {}
         self._cancelled: set[UUID] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._told_paused: set[UUID] = set()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -122,7 +128,7 @@ class EventpipeWorker(
         if self._warm is None:
             self._warm = WarmPool(*self._pool_settings())
             await anyio.to_thread.run_sync(self._warm.fill)
-        if self._listener is None:
+        if self._listener is None and os.environ.get(LISTEN_ENV, "true").lower() != "false":
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     def _pool_settings(self) -> tuple[int, list[str]]:
@@ -181,6 +187,34 @@ class EventpipeWorker(
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         return await super().get_and_submit_flow_runs()
+
+    async def _get_scheduled_flow_runs(self) -> list[WorkerFlowRunResponse]:
+        """The pool's due runs, but those of a paused deployment: Prefect's trigger still
+        creates runs for one, and a process worker would execute them. They stay Scheduled
+        and run once the deployment is resumed."""
+        found = await super()._get_scheduled_flow_runs()
+        paused: dict[UUID, bool] = {}
+        kept = []
+        for entry in found:
+            deployment_id = entry.flow_run.deployment_id
+            if deployment_id is not None and deployment_id not in paused:
+                try:
+                    paused[deployment_id] = (
+                        await self.client.read_deployment(deployment_id)
+                    ).paused
+                except ObjectNotFound:
+                    paused[deployment_id] = False  # the base worker cancels such a run
+            if deployment_id is not None and paused[deployment_id]:
+                if entry.flow_run.id not in self._told_paused:
+                    self._told_paused.add(entry.flow_run.id)
+                    self.get_flow_run_logger(entry.flow_run).info(
+                        "deployment %s is paused: flow run %s waits until it is resumed",
+                        deployment_id,
+                        entry.flow_run.name,
+                    )
+                continue
+            kept.append(entry)
+        return kept
 
     # -- running ---------------------------------------------------------------------------
 
