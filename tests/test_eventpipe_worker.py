@@ -33,6 +33,7 @@ from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import (
     Background,
     client_env,
+    cut_proxy,
     drop_file,
     eventpipe_up,
     fresh_database,
@@ -132,9 +133,9 @@ class Setup:
         self.up: Background | None = None
         self.deployment_id: uuid.UUID | None = None
 
-    def env(self, home: Path, **extra: str) -> dict[str, str]:
+    def env(self, home: Path, api: str | None = None, **extra: str) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
-        return own_env(self.api, home, EVENTPIPE_LEDGER=self.ledger, **extra)
+        return own_env(api or self.api, home, EVENTPIPE_LEDGER=self.ledger, **extra)
 
     def deploy(self) -> str:
         where = self.root / "deployer"
@@ -148,11 +149,11 @@ class Setup:
             self.deployment_id = client.read_deployment_by_name(f"materialize/{self.name}").id
         return created
 
-    def start_workers(self, count: int = 2, **extra: str) -> None:
+    def start_workers(self, count: int = 2, api: str | None = None, **extra: str) -> None:
         for i in range(1, count + 1):
             home = self.root / f"worker-{i}"
             settings = {"PREFECT_WORKER_QUERY_SECONDS": "10", **extra}
-            env = self.env(home, PREFECT_LOGGING_LEVEL="INFO", **settings)
+            env = self.env(home, api, PREFECT_LOGGING_LEVEL="INFO", **settings)
             argv = ["worker", "start", "--pool", self.pool, "--name", f"{self.pool}-{i}"]
             worker = Background(
                 [sys.executable, "-m", "prefect", *argv, "--limit", "1"],
@@ -368,3 +369,24 @@ def test_without_the_websocket_the_poll_runs_files_and_a_paused_deployment_waits
     with get_client(sync_client=True) as client:
         client.resume_deployment(setup.deployment_id)
     waiting(setup, lambda: setup.all_done(2), 120, "p-2.csv done once resumed")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_when_the_websocket_is_cut_the_poll_takes_over(setup: Setup) -> None:
+    setup.deploy()
+    with cut_proxy(setup.api) as proxy:  # the worker (and its runs) reach the server through it
+        setup.start_workers(1, api=proxy.api_url, PREFECT_WORKER_QUERY_SECONDS="1")
+        setup.start_watcher()
+        waiting(setup, lambda: proxy.streams, 60, "the worker's event stream")
+        proxy.cut()  # open streams closed, new ones refused; plain HTTP passes
+        drop(setup, "c-1.csv", 5)
+        waiting(setup, lambda: setup.all_done(1), 120, "c-1.csv done through the poll")
+        assert proxy.streams == 0
+        assert proxy.cut_count >= 2  # the stream it had, and at least one reconnection refused
+
+        proxy.restore()
+        waiting(setup, lambda: proxy.streams, 60, "the worker's stream back")
+        drop(setup, "c-2.csv", 6)
+        waiting(setup, lambda: setup.all_done(2), 120, "c-2.csv done")
+        setup.stop()

@@ -70,12 +70,14 @@ def test_version_matches_the_installed_distribution() -> None:
 
 TESTING = [
     "Background",
+    "CutProxy",
     "DataBucket",
     "FakeEndpoint",
     "Reply",
     "SeenRequest",
     "client_env",
     "configure_prefect_env",
+    "cut_proxy",
     "drop_file",
     "eventpipe_up",
     "fake_endpoint",

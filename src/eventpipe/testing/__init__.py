@@ -14,6 +14,8 @@ own tests use them too.
   :func:`fresh_database` (a new database on it, one per test).
 - ``processes``: :class:`Background`, :func:`eventpipe_up` (subprocesses stopped with all
   they started).
+- ``proxy``: :class:`CutProxy` / :func:`cut_proxy` (a proxy in front of a Prefect server that
+  cuts its event websockets on demand, plain HTTP still passing).
 - ``http``: :class:`FakeEndpoint` / :func:`fake_endpoint`, :class:`Reply`, :class:`SeenRequest`
   (a scripted HTTP source for fetches).
 
@@ -25,16 +27,19 @@ from eventpipe.testing.http import FakeEndpoint, Reply, SeenRequest, fake_endpoi
 from eventpipe.testing.postgres import fresh_database, postgres_server
 from eventpipe.testing.prefect import client_env, configure_prefect_env, prefect_server, read_events
 from eventpipe.testing.processes import Background, eventpipe_up
+from eventpipe.testing.proxy import CutProxy, cut_proxy
 from eventpipe.testing.s3 import DataBucket, moto_env, moto_s3, upload
 
 __all__ = [
     "Background",
+    "CutProxy",
     "DataBucket",
     "FakeEndpoint",
     "Reply",
     "SeenRequest",
     "client_env",
     "configure_prefect_env",
+    "cut_proxy",
     "drop_file",
     "eventpipe_up",
     "fake_endpoint",
