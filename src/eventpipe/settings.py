@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the runner looks for scheduled runs it was not told about.",
     )
+    freshness_budget: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds a run's oldest file may wait before the run stops taking files"
+        " that land while it works and publishes what it has (the newcomers go to the next"
+        " run). Runs read it from EVENTPIPE_FRESHNESS_BUDGET.",
+    )
 
     source: str | None = Field(
         default=None,

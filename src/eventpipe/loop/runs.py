@@ -33,7 +33,7 @@ from eventpipe.orchestration.worker_deployment import (
 from eventpipe.pipeline import Pipeline
 from eventpipe.run.compute import warm_up
 from eventpipe.run.dask import LocalDask
-from eventpipe.run.flow import materialize_pipeline
+from eventpipe.run.flow import FRESHNESS_BUDGET_ENV, materialize_pipeline
 from eventpipe.settings import Settings
 
 log = logging.getLogger("eventpipe")
@@ -69,8 +69,10 @@ class RunsHere:
         # The runs execute in this process and read its environment: their disposable cache
         # is this loop's home's, and the ledger URL never travels in their parameters. Put
         # back as it was on stop, for a process that goes on without this loop.
-        self._saved_env = {k: os.environ.get(k) for k in ("EVENTPIPE_HOME", LEDGER_ENV)}
+        saved = ("EVENTPIPE_HOME", LEDGER_ENV, FRESHNESS_BUDGET_ENV)
+        self._saved_env = {k: os.environ.get(k) for k in saved}
         os.environ["EVENTPIPE_HOME"] = str(s.home.resolve())
+        os.environ[FRESHNESS_BUDGET_ENV] = str(s.freshness_budget)
         share_ledger(s)
         warm_up(self.spec)
         task_runner = s.task_runner

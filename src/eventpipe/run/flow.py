@@ -10,6 +10,7 @@ output behind.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from eventpipe.core import names
 from eventpipe.core.keys import partition_relative
 from eventpipe.core.storage import Storage
 from eventpipe.events import build as ev
-from eventpipe.exceptions import EventpipeError
+from eventpipe.exceptions import ConfigError, EventpipeError
 from eventpipe.intake.aws import open_data_store
 from eventpipe.ledger import FileRow, Ledger
 from eventpipe.run.analytics_stage import run_analytics
@@ -113,6 +114,25 @@ DRAIN_ROUNDS = 10
 """A run claims again the files that landed while it worked, up to this many times: a burst
 is drained by the run that is already warm, not left to triggers (a server busy ingesting a
 burst's events can fail a trigger's run-deployment action with 503)."""
+FRESHNESS_BUDGET_ENV = "EVENTPIPE_FRESHNESS_BUDGET"
+DEFAULT_FRESHNESS_BUDGET = 1.0
+"""...but only while its oldest file has waited less than this many seconds: under a steady
+stream a run would otherwise keep taking newcomers and publish the first file's analytics only
+after the last. The newcomers' own events have asked for the next run."""
+
+
+def freshness_budget() -> float:
+    """``EVENTPIPE_FRESHNESS_BUDGET`` (seconds), else the default."""
+    text = os.environ.get(FRESHNESS_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_FRESHNESS_BUDGET
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{FRESHNESS_BUDGET_ENV}={text!r}: write a number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"{FRESHNESS_BUDGET_ENV}={text!r}: a budget cannot be negative")
+    return value
 
 
 def _materialize(run: RunContext, started: float) -> dict[str, Any]:
@@ -137,7 +157,17 @@ def _materialize(run: RunContext, started: float) -> dict[str, Any]:
     changed_partitions: dict[str, list[str]] = {}
     done: list[int] = []
     oldest: float | None = None
+    budget = freshness_budget()
     for round_ in range(DRAIN_ROUNDS):
+        if round_ and oldest is not None and time.time() - oldest > budget:
+            log.info(
+                "run %s: its oldest file waited %.1f s (budget %.1f s): publishing now; files"
+                " that landed meanwhile go to the next run",
+                run.run_id,
+                time.time() - oldest,
+                budget,
+            )
+            break
         claimed = ledger.claim_pending(pipe.name, run.run_id)
         if round_ and not claimed:
             break
