@@ -120,6 +120,9 @@ cpu = cpu_bound("perf_cpu")
 ledger_sqlite = sales("perf_ledger_sqlite")
 ledger_pg = sales("perf_ledger_pg")
 ledger_pg_bucket = sales("perf_ledger_pg_bucket")
+# ... and two more for stream.py's two `eventpipe up`, one per freshness budget.
+stream_budget = sales("perf_stream_budget")
+stream_unbounded = sales("perf_stream_unbounded")
 
 
 def spec(attr: str) -> str:
