@@ -27,10 +27,11 @@ IMAGE = REPO / "docs" / "images" / "freshness.png"
 PATHS = (
     ("eventpipe", "folder (eventpipe up)", "#1f77b4"),
     ("s3", "S3 bucket (eventpipe up)", "#2ca02c"),
+    ("eventpipe_worker", "eventpipe worker (warm)", "#ff7f0e"),
     ("worker", "worker path", "#9467bd"),
     ("baseline", "flow.serve, Prefect defaults", "#d62728"),
 )
-OTHER_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+OTHER_COLOURS = ("#bcbd22", "#8c564b", "#e377c2", "#17becf")
 
 
 def series(result: dict[str, Any]) -> list[tuple[str, str, list[float]]]:
