@@ -279,7 +279,9 @@ def test_two_eventpipe_workers_run_files_into_analytics_in_warm_processes(setup:
     assert len(records) == 3
     for record in records:
         assert record["started"] < created_at[record["run"]] - 0.5, record
-    assert len({r["pid"] for r in records}) == 3  # one run per process
+    # A process executes several runs (runs_per_process, 20), each its own state; the four
+    # processes of the two workers take turns.
+    assert len({r["run"] for r in records}) == 3
     assert any("submitting flow run" in w.output() for w in setup.workers)
 
 

@@ -1,17 +1,19 @@
-"""Warm interpreters for flow runs: each started ahead of time, Prefect, eventpipe's flows and
-pandas already imported, then given one flow run, which it executes as ``python -m
-prefect.engine`` would, and exits.
+"""Warm interpreters for flow runs: each started ahead of time with Prefect, eventpipe's flows
+and pandas imported (and the pool's pipelines loaded), then given flow runs one at a time,
+which it executes as ``python -m prefect.engine`` would.
 
 A fresh ``python -m prefect.engine`` spends seconds importing before the run begins (about
 5 s of the 7 s a tuned process worker takes here). A warm process has paid that before the
-run exists. One run per process keeps what a process worker gives: a run that kills its
-process takes nothing else with it, and no state leaks from one run into the next. The pool
-starts the replacement the moment a process is taken.
+run exists, and after a run it waits for the next with the engine and the pipeline's code
+still warm, up to ``runs`` runs; then it exits and the pool starts a replacement (a
+replacement warming up takes a core for seconds, so it starts only once a run is over). A run
+that kills its process takes nothing else with it: the worker reports it Crashed and the pool
+replaces the process.
 
-The protocol is two pipes: the child writes ``ready`` on the descriptor it was given once its
-imports are done, then reads one JSON line on stdin (the flow run id, environment and working
-directory) and exits with the run. End of stdin before a job means stop. Each child is in a
-session of its own, so a Ctrl-C meant for the worker never interrupts a run.
+The protocol is two pipes: the child writes ``ready`` on the descriptor it was given when it
+waits for a run and ``done <code>`` when one is over, and reads one JSON line per run on
+stdin (the flow run id, environment and working directory). End of stdin means stop. Each
+child is in a session of its own, so a Ctrl-C meant for the worker never interrupts a run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ PRELOAD = ("prefect.flow_engine", "prefect.engine", "eventpipe.flows", "pandas",
 """What every warm process imports before it says it is ready."""
 PRELOAD_ENV = "EVENTPIPE_WARM_PRELOAD"
 """More modules to import ahead (comma-separated): a pipeline's own, say."""
+RUNS_ENV = "EVENTPIPE_WARM_RUNS"
+"""How many runs a warm process executes, one after the other, before it exits."""
+PIPELINES_ENV = "EVENTPIPE_WARM_PIPELINES"
+"""Pipeline specs (a JSON list) to load ahead, as a run's first use of them would: the
+pipelines of the pool's deployments."""
 READY = b"ready\n"
 
 
@@ -57,13 +64,23 @@ class Job:
 
 
 class WarmProcess:
-    """One child interpreter, warming up or warm, waiting for its flow run."""
+    """One child interpreter, warming up, ready for a run, or executing one."""
 
-    def __init__(self, preload: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        preload: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        pipelines: Sequence[str] = (),
+        runs: int = 1,
+    ) -> None:
         read_fd, write_fd = os.pipe()
         child_env = dict(os.environ if env is None else env)
         if preload:
             child_env[PRELOAD_ENV] = ",".join(preload)
+        if pipelines:
+            child_env[PIPELINES_ENV] = json.dumps(list(pipelines))
+        child_env[RUNS_ENV] = str(max(runs, 1))
+        self.runs_left = max(runs, 1)
         self.started = time.monotonic()
         try:
             self.process = subprocess.Popen(
@@ -75,47 +92,82 @@ class WarmProcess:
             )
         finally:
             os.close(write_fd)
-        self._ready_fd = read_fd
+        self._fd = read_fd
+        self._buffer = b""
         self._ready = False
+        self._done: int | None = None
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _read(self, timeout: float) -> None:
+        """Take in what the child said within ``timeout``: ``ready`` or ``done <code>``."""
+        if self._fd < 0:
+            return
+        readable, _, _ = select.select([self._fd], [], [], timeout)
+        if not readable:
+            return
+        chunk = os.read(self._fd, 4096)
+        if not chunk:  # the child is gone
+            os.close(self._fd)
+            self._fd = -1
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line == READY.strip():
+                self._ready = True
+            elif line.startswith(b"done "):
+                self._done = int(line.split()[1])
+
     def is_ready(self, timeout: float = 0.0) -> bool:
-        """Whether the child finished its imports (waiting up to ``timeout``)."""
+        """Whether the child waits for a run (waiting up to ``timeout`` for it to say so)."""
         with self._lock:
-            if self._ready:
-                return True
-            if self._ready_fd < 0:
-                return False
-            readable, _, _ = select.select([self._ready_fd], [], [], timeout)
-            if not readable:
-                return False
-            got = os.read(self._ready_fd, len(READY))
-            os.close(self._ready_fd)
-            self._ready_fd = -1
-            self._ready = got == READY
-            return self._ready
+            if not self._ready:
+                self._read(timeout)
+            return self._ready and self.alive
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.is_ready(min(0.5, max(deadline - time.monotonic(), 0.0))):
                 return True
-            if self.process.poll() is not None:
+            if not self.alive:
                 return False
         return False
 
     def start_run(self, job: Job) -> None:
+        with self._lock:
+            self._ready, self._done = False, None
+            self.runs_left -= 1
         stdin = self._stdin()
         stdin.write(job.line())
-        stdin.close()
+        stdin.flush()
 
-    def wait(self, timeout: float | None = None) -> int:
-        """The child's exit code (negative: the signal that killed it)."""
-        return self.process.wait(timeout)
+    def wait_run(self, timeout: float | None = None) -> int:
+        """The run's outcome: the code the child reported, or its exit code if it died
+        (negative: the signal that killed it). Raises TimeoutError after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._read(0.2)
+                if self._done is not None:
+                    return self._done
+            code = self.process.poll()
+            if code is not None:
+                with self._lock:
+                    self._read(0)  # a "done" written just before it exited
+                    if self._done is not None:
+                        return self._done
+                return code if code != 0 else 1  # gone without reporting its run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the run is still executing after {timeout} s")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the child's whole session (the run's own subprocesses too)."""
@@ -131,9 +183,10 @@ class WarmProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             self.process.wait(timeout)
-        if self._ready_fd >= 0:
-            os.close(self._ready_fd)
-            self._ready_fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def _stdin(self) -> IO[bytes]:
         stdin = self.process.stdin
@@ -145,9 +198,13 @@ class WarmPool:
     """Keeps ``size`` warm processes waiting; :meth:`take` hands one out and starts its
     replacement at once."""
 
-    def __init__(self, size: int = 2, preload: Sequence[str] = ()) -> None:
+    def __init__(self, size: int = 2, preload: Sequence[str] = (), runs: int = 1) -> None:
         self.size = max(size, 1)
         self.preload = tuple(preload)
+        self.runs = max(runs, 1)
+        """Runs each process executes before it exits and is replaced."""
+        self.pipelines: tuple[str, ...] = ()
+        """Specs the processes started from now on load ahead (see :meth:`warm_pipelines`)."""
         self._idle: list[WarmProcess] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -156,21 +213,21 @@ class WarmPool:
         with self._lock:
             if self._closed:
                 return
-            self._idle = [p for p in self._idle if p.process.poll() is None]
+            self._idle = [p for p in self._idle if p.alive]
             while len(self._idle) < self.size:
-                self._idle.append(WarmProcess(self.preload))
+                self._idle.append(self._new())
 
     def take(self, timeout: float = 180.0) -> WarmProcess:
-        """A warm process (the first ready one, else the one warming longest); blocks until
-        it is ready. Its replacement starts warming before this returns."""
+        """A warm process (the first ready one, else the one warming longest, else a new
+        one); blocks until it is ready. Call :meth:`fill` once its run is over: a replacement
+        warming up (seconds of imports on one core) while the run executes would slow it."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the warm pool is closed")
-            alive = [p for p in self._idle if p.process.poll() is None]
+            alive = [p for p in self._idle if p.alive]
             ready = [p for p in alive if p.is_ready()]
-            chosen = ready[0] if ready else (alive[0] if alive else WarmProcess(self.preload))
+            chosen = ready[0] if ready else (alive[0] if alive else self._new())
             self._idle = [p for p in alive if p is not chosen]
-        self.fill()
         if not chosen.wait_ready(timeout):
             code = chosen.process.poll()
             chosen.kill()
@@ -178,6 +235,25 @@ class WarmPool:
                 f"a warm process did not get ready within {timeout:.0f} s (exit code {code})"
             )
         return chosen
+
+    def give_back(self, process: WarmProcess) -> None:
+        """A process whose run is over: waiting again for the next if it has runs left and
+        lives; the pool topped up either way."""
+        with self._lock:
+            keep = not self._closed and process.alive and process.runs_left > 0
+            if keep:
+                self._idle.insert(0, process)  # the warmest first
+        if not keep:
+            process.stop()
+        self.fill()
+
+    def warm_pipelines(self, specs: Sequence[str]) -> None:
+        """Load these pipelines ahead in the processes started from now on."""
+        with self._lock:
+            self.pipelines = tuple(sorted(set(specs)))
+
+    def _new(self) -> WarmProcess:
+        return WarmProcess(self.preload, pipelines=self.pipelines, runs=self.runs)
 
     def close(self) -> None:
         with self._lock:
@@ -191,7 +267,7 @@ class WarmPool:
 
 
 def _serve(ready_fd: int) -> int:
-    """The child's life: import, say ready, run one flow run, exit with its outcome."""
+    """The child's life: import, then say ready and run the next flow run, ``runs`` times."""
     import importlib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a run stops
@@ -201,25 +277,53 @@ def _serve(ready_fd: int) -> int:
             importlib.import_module(module)
         except Exception as exc:  # a bad preload must not keep the worker from running
             print(f"eventpipe warm process: could not import {module}: {exc}", file=sys.stderr)
-    os.write(ready_fd, READY)
-    os.close(ready_fd)
-    line = sys.stdin.buffer.readline()
-    if not line:
-        return 0  # stopped while idle
-    job: dict[str, Any] = json.loads(line)
+    _warm_up(json.loads(os.environ.get(PIPELINES_ENV) or "[]"))
+    runs = max(int(os.environ.get(RUNS_ENV, "1") or 1), 1)
+    for _ in range(runs):
+        os.write(ready_fd, READY)
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0  # stopped while idle
+        code = _job(json.loads(line))
+        os.write(ready_fd, f"done {code}\n".encode())
+    return 0
+
+
+def _job(job: dict[str, Any]) -> int:
+    """Apply a job's environment and directory, then run its flow run."""
+    changed = False
     for name, value in (job.get("env") or {}).items():
+        if os.environ.get(name) == value:
+            continue
+        # PREFECT__* are the run's own (its id...), read where used, not Prefect settings
+        changed = changed or (name.startswith("PREFECT_") and not name.startswith("PREFECT__"))
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = str(value)
     if job.get("cwd"):
         os.chdir(Path(job["cwd"]))
-    return _run(job["flow_run_id"])
+    return _run(job["flow_run_id"], fresh_settings=changed)
 
 
-def _run(flow_run_id: str) -> int:
+def _warm_up(specs: list[str]) -> None:
+    """What a run's first steps would pay for, paid ahead: the API client's first request, and
+    each pipeline loaded into the cache the runs use (with the parquet and CSV code paths)."""
+    from prefect.client.orchestration import get_client
+
+    with suppress(Exception), get_client(sync_client=True) as client:
+        client.hello()  # the server may be away for now: the run will say so
+    from eventpipe.run.compute import warm_up
+
+    for spec in specs:
+        with suppress(Exception):  # a pipeline found only in the run's own directory: later
+            warm_up(spec)
+
+
+def _run(flow_run_id: str, fresh_settings: bool = True) -> int:
     """Execute the flow run as ``python -m prefect.engine`` does, with the settings of the
-    environment as it is now (the job's variables were set after Prefect was imported)."""
+    environment as it is now (the job's variables were set after Prefect was imported: when
+    they changed a Prefect setting, the settings are read again)."""
     from uuid import UUID
 
     from prefect.context import SettingsContext
@@ -230,7 +334,8 @@ def _run(flow_run_id: str) -> int:
 
     current = SettingsContext.get()
     assert current is not None
-    with SettingsContext(profile=current.profile, settings=Settings()):
+    settings = Settings() if fresh_settings else current.settings
+    with SettingsContext(profile=current.profile, settings=settings):
         run_id = UUID(flow_run_id)
         try:
             with handle_engine_signals(run_id):

@@ -5,10 +5,10 @@
 It is Prefect's worker with two changes where the seconds go:
 
 - **Warm processes.** Each flow run executes in an interpreter started ahead of time with
-  Prefect, eventpipe's flows and pandas imported (``eventpipe.orchestration.warm``), one run
-  per process, so a run starts in a fraction of a second instead of after seconds of imports.
-  The pool keeps ``warm_processes`` of them waiting (a variable of the pool's base job
-  template).
+  Prefect, eventpipe's flows and pandas imported and the pool's pipelines loaded
+  (``eventpipe.orchestration.warm``), which then keeps executing runs one after the other,
+  warm, up to ``runs_per_process``. The pool keeps ``warm_processes`` of them waiting
+  (variables of the pool's base job template).
 - **Runs heard at once.** Besides Prefect's poll (``PREFECT_WORKER_QUERY_SECONDS``, kept as
   the fallback), the worker listens on the events websocket for ``prefect.flow-run.Scheduled``
   of its pool's runs and polls the moment one is announced.
@@ -35,6 +35,7 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.events.clients import get_events_subscriber
@@ -54,6 +55,7 @@ log = logging.getLogger("eventpipe.worker")
 
 WORKER_TYPE = "eventpipe"
 DEFAULT_WARM = 2
+DEFAULT_RUNS = 20
 CANCELLING = "prefect.flow-run.Cancelling"
 LISTEN_ENV = "EVENTPIPE_WORKER_LISTEN"
 """``false``: no events websocket (behind a proxy that refuses websockets, say): only the poll
@@ -65,6 +67,7 @@ class EventpipeJobConfiguration(BaseJobConfiguration):
     working_dir: Path | None = Field(default=None)
     timeout_seconds: float | None = Field(default=None)
     warm_processes: int = Field(default=DEFAULT_WARM)
+    runs_per_process: int = Field(default=DEFAULT_RUNS)
     preload: list[str] = Field(default_factory=list)
 
 
@@ -85,6 +88,14 @@ class EventpipeVariables(BaseVariables):
         title="Warm processes",
         description="How many interpreters each worker keeps imported and waiting for a run"
         " (each holds Prefect, eventpipe and pandas in memory: about 150 MB).",
+    )
+    runs_per_process: int = Field(
+        default=DEFAULT_RUNS,
+        ge=1,
+        title="Runs per process",
+        description="How many runs a warm process executes, one after the other, before it is"
+        " replaced: 1 gives every run a new process; more keep the pipeline's code and"
+        " Prefect's engine warm between runs.",
     )
     preload: list[str] = Field(
         default_factory=list,
@@ -127,17 +138,40 @@ class EventpipeWorker(
             return
         if self._warm is None:
             self._warm = WarmPool(*self._pool_settings())
-            await anyio.to_thread.run_sync(self._warm.fill)
+        self._warm.warm_pipelines(await self._pipelines())
+        await anyio.to_thread.run_sync(self._warm.fill)
         if self._listener is None and os.environ.get(LISTEN_ENV, "true").lower() != "false":
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    def _pool_settings(self) -> tuple[int, list[str]]:
-        """``warm_processes`` and ``preload`` as the pool's base job template defaults them."""
+    async def _pipelines(self) -> list[str]:
+        """The pipeline specs of the eventpipe deployments on this pool, for the warm processes
+        to load ahead (read at each sync with the server)."""
+        assert self._work_pool is not None
+        try:
+            deployments = await self.client.read_deployments(
+                work_pool_filter=WorkPoolFilter(
+                    name=WorkPoolFilterName(any_=[self._work_pool.name])
+                )
+            )
+        except Exception:
+            log.debug("could not read the pool's deployments", exc_info=True)
+            return []
+        return [
+            str(d.parameters["pipeline"])
+            for d in deployments
+            if (d.entrypoint or "").endswith(":materialize_pipeline")
+            and isinstance((d.parameters or {}).get("pipeline"), str)
+        ]
+
+    def _pool_settings(self) -> tuple[int, list[str], int]:
+        """``warm_processes``, ``preload`` and ``runs_per_process`` as the pool's base job
+        template defaults them."""
         template = self._work_pool.base_job_template if self._work_pool else {}
         props = (template or {}).get("variables", {}).get("properties", {})
         size = props.get("warm_processes", {}).get("default", DEFAULT_WARM)
         preload = props.get("preload", {}).get("default") or []
-        return int(size), [str(m) for m in preload]
+        runs = props.get("runs_per_process", {}).get("default", DEFAULT_RUNS)
+        return int(size), [str(m) for m in preload], int(runs)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._listener is not None:
@@ -225,7 +259,11 @@ class EventpipeWorker(
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> EventpipeWorkerResult:
         if self._warm is None:  # a run submitted before the first sync finished
-            self._warm = WarmPool(configuration.warm_processes, configuration.preload)
+            self._warm = WarmPool(
+                configuration.warm_processes,
+                configuration.preload,
+                configuration.runs_per_process,
+            )
         warm = self._warm
         process = await anyio.to_thread.run_sync(warm.take)
         self._running[flow_run.id] = process
@@ -246,6 +284,8 @@ class EventpipeWorker(
             self._running.pop(flow_run.id, None)
             if temporary is not None:
                 temporary.cleanup()
+            # back to the pool for the next run if it has runs left; else stopped and replaced
+            await anyio.to_thread.run_sync(warm.give_back, process)
         if flow_run.id in self._cancelled:
             self._cancelled.discard(flow_run.id)
             code = 0  # stopped on purpose and marked Cancelled: not a crash
@@ -253,18 +293,18 @@ class EventpipeWorker(
 
     def _wait(self, process: WarmProcess, timeout: float | None, flow_run: FlowRun) -> int:
         try:
-            return process.wait(timeout)
-        except Exception:  # subprocess.TimeoutExpired
+            return process.wait_run(timeout)
+        except TimeoutError:
             self.get_flow_run_logger(flow_run).error(
                 "the run is still executing after its time limit (timeout_seconds=%s): stopped",
                 timeout,
             )
             process.kill(signal.SIGTERM)
             try:
-                return process.wait(10)
-            except Exception:
+                return process.wait_run(10)
+            except TimeoutError:
                 process.kill()
-                return process.wait()
+                return process.wait_run()
 
     async def _stop_cancelled(self, run_id: UUID) -> None:
         """A run of this worker's is Cancelling: kill its process, mark it Cancelled."""
@@ -277,7 +317,7 @@ class EventpipeWorker(
         # pending once the run is over.
         process.kill()
         deadline = time.monotonic() + 10
-        while process.process.poll() is None and time.monotonic() < deadline:
+        while process.alive and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         flow_run = await self.client.read_flow_run(run_id)
         if flow_run.state is not None and flow_run.state.type == StateType.CANCELLING:
