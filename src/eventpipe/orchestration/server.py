@@ -1,4 +1,5 @@
-"""The embedded Prefect server: ``prefect server start`` on 127.0.0.1 with a project-local home."""
+"""The embedded Prefect server: ``prefect server start`` on 127.0.0.1 with a project-local home
+(through :mod:`eventpipe.orchestration.prefect_server`, which patches one SQLite transaction)."""
 
 from __future__ import annotations
 
@@ -65,8 +66,13 @@ class EmbeddedServer:
         log_file: Path | None = None,
         env: dict[str, str] | None = None,
         database_url: str | None = None,
+        patched: bool = True,
     ) -> None:
         self.home = home
+        self.patched = patched
+        """Start the server through :mod:`eventpipe.orchestration.prefect_server` (Prefect's
+        ``prefect server start`` with a trigger's run created under ``BEGIN IMMEDIATE`` on
+        SQLite: no 2-3 s stalls); False: plain ``prefect server start``."""
         self.env = dict(env or {})
         """Extra environment of the server process (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
         if database_url:
@@ -96,8 +102,11 @@ class EmbeddedServer:
                 [
                     sys.executable,
                     "-m",
-                    "prefect",
-                    "server",
+                    *(
+                        ["eventpipe.orchestration.prefect_server"]
+                        if self.patched
+                        else ["prefect", "server"]
+                    ),
                     "start",
                     "--host",
                     self.host,
