@@ -455,6 +455,7 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
 
     from eventpipe.loop.local import LocalLoop
     from eventpipe.orchestration.deploy import register_fetches
+    from eventpipe.orchestration.here import here_pool_name
     from eventpipe.pipeline import load_pipeline
     from eventpipe.settings import Settings
 
@@ -506,7 +507,9 @@ def test_up_runs_a_scheduled_fetch_through_the_pipeline_and_pausing_stops_it(
         assert loop.ledger is not None
 
     # `eventpipe up` started again registers the deployment again: a pause made in the UI holds.
-    again = register_fetches(load_pipeline(spec), spec, tmp_path / "data")
+    again = register_fetches(
+        load_pipeline(spec), spec, tmp_path / "data", pool=here_pool_name(name, "fetches")
+    )
     with get_client(sync_client=True) as client:
         assert client.read_deployment(again["orders"]).paused
         runs = client.read_flow_runs(

@@ -41,7 +41,7 @@ def land(ledger: Ledger, inbox: Path, *names: str) -> float:
 
 @dataclass
 class Runner:
-    """Stands in for the push runner: what the here-janitor reads of it."""
+    """Stands in for the worker that executes the runs here: what the here-janitor reads of it."""
 
     busy: bool = False
     paused: bool = False

@@ -8,6 +8,7 @@ a failure there names the function to adapt, and nothing else in eventpipe needs
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,7 +46,9 @@ def warm_engine() -> Iterator[None]:
         yield
 
 
-def run_deployment_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[Any]:
+def run_deployment_flow_run(
+    flow: Flow[..., Any], flow_run: FlowRun, error_logger: logging.Logger | None = None
+) -> State[Any]:
     """Run a deployment's ``flow_run`` with Prefect's engine in this thread; its final state.
 
     The engine starts a websocket observer per deployment run, only to notice a suspension
@@ -62,6 +65,7 @@ def run_deployment_flow_run(flow: Flow[..., Any], flow_run: FlowRun) -> State[An
             flow,
             flow_run=flow_run.model_copy(update={"deployment_id": None}),
             return_type="state",
+            error_logger=error_logger,
         )
         assert isinstance(state, State)  # return_type="state" in a sync flow: a State
         return state

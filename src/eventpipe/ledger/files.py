@@ -324,6 +324,20 @@ class Files(Database):
             ).one()
         return int(found[0]), (float(found[1]) if found[1] is not None else None)
 
+    def run_on_its_way(self, pipeline: str, within: float = 30.0) -> bool:
+        """Whether a file of ``pipeline`` was announced in the last ``within`` seconds and no
+        run has claimed it yet: the run its event woke is on its way, and it will claim every
+        file pending when it starts (``claim_pending`` takes them all at once)."""
+        with self._read() as db:
+            found = db.execute(
+                text(
+                    "SELECT 1 FROM files WHERE pipeline=:pipeline AND state='sent'"
+                    " AND updated_at>:since LIMIT 1"
+                ),
+                {"pipeline": pipeline, "since": time.time() - within},
+            ).first()
+        return found is not None
+
     def oldest_pending(self, pipeline: str) -> float | None:
         """When the longest-waiting pending file of ``pipeline`` last changed state, if any."""
         with self._read() as db:

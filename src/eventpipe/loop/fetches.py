@@ -12,15 +12,20 @@ from typing import Any
 from uuid import UUID
 
 from eventpipe.orchestration.deploy import register_fetches
-from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs, skip_missed_runs
+from eventpipe.orchestration.here import (
+    WorkerHere,
+    crash_orphaned_runs,
+    ensure_here_pool,
+    here_pool_name,
+    skip_missed_runs,
+)
 from eventpipe.pipeline import Pipeline
-from eventpipe.run.fetch import fetch_source
 
 log = logging.getLogger("eventpipe")
 
 
 class FetchScheduler:
-    """The fetch deployments of one pipeline and the runner that executes their runs."""
+    """The fetch deployments of one pipeline and the worker that executes their runs here."""
 
     def __init__(
         self,
@@ -40,29 +45,28 @@ class FetchScheduler:
         self.on_fetch = on_fetch
         self.deployment_ids: dict[str, UUID] = {}
         """Deployment ``fetch/<pipeline>-<fetch>`` of each ``@pipeline.fetch``, by fetch name."""
-        self._runner: PushRunner | None = None
+        self._worker: WorkerHere | None = None
 
     def start(self) -> FetchScheduler:
         if not self.pipeline.fetches:
             return self
-        self.deployment_ids = register_fetches(self.pipeline, self.spec, self.data, self.storage)
+        pool = here_pool_name(self.pipeline.name, "fetches")
+        ensure_here_pool(pool)
+        self.deployment_ids = register_fetches(
+            self.pipeline, self.spec, self.data, self.storage, pool=pool
+        )
         for name, deployment_id in self.deployment_ids.items():
             crash_orphaned_runs(deployment_id)
             missed = skip_missed_runs(deployment_id)
             if missed:
                 log.info("fetch %s: %d run(s) missed while stopped were cancelled", name, missed)
-        self._runner = PushRunner(
-            fetch_source,
-            list(self.deployment_ids.values()),
-            sweep_seconds=self.sweep_seconds,
-            on_finished=self._fetched,
-            respect_paused=True,
-        ).start()
+        # a deployment paused in the UI: its runs stay Scheduled (the worker reads the pause)
+        self._worker = WorkerHere(pool, on_finished=self._fetched).start()
         return self
 
     def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.stop()
+        if self._worker is not None:
+            self._worker.stop()
 
     def _fetched(self, run: Any, state: Any) -> None:
         if self.on_fetch is not None:

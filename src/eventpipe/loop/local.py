@@ -30,7 +30,7 @@ from eventpipe.settings import Settings
 if TYPE_CHECKING:
     from eventpipe.loop.fetches import FetchScheduler
     from eventpipe.loop.runs import RunsHere, RunsOnWorkers
-    from eventpipe.orchestration.runner import PushRunner
+    from eventpipe.orchestration.here import WorkerHere
 
 log = logging.getLogger("eventpipe")
 
@@ -95,12 +95,12 @@ class LocalLoop:
 
     @property
     def work_pool(self) -> str | None:
-        """With ``runs = "worker"``: the work pool whose workers execute the runs."""
+        """The work pool whose workers execute the runs (here: this process's own pool)."""
         return self._up().runs.work_pool
 
     @property
-    def runner(self) -> PushRunner | None:
-        """The push runner executing the runs here (None when workers execute them)."""
+    def runner(self) -> WorkerHere | None:
+        """The worker executing the runs here (None when workers elsewhere execute them)."""
         return self._up().runs.runner
 
     @property

@@ -1,7 +1,8 @@
 """Who executes the deployment's runs, as two services with one shape:
 
 - :class:`RunsHere` (``--runs here``, the default): this process registers deployment
-  ``materialize/<pipeline>`` with its trigger and executes its runs warm in a push runner;
+  ``materialize/<pipeline>`` with its trigger on a work pool of its own and executes its runs
+  warm, with the ``eventpipe`` worker embedded (runs on its threads);
   on stop it pauses the deployment so triggered runs don't pile up.
 - :class:`RunsOnWorkers` (``--runs worker``): Prefect workers execute the runs of the
   deployment ``prefect deploy`` registered; this process never registers, claims, executes
@@ -22,8 +23,13 @@ from uuid import UUID
 from eventpipe.intake.aws import store_options
 from eventpipe.ledger import LEDGER_ENV, Ledger, share_ledger
 from eventpipe.orchestration import deploy
+from eventpipe.orchestration.here import (
+    WorkerHere,
+    crash_orphaned_runs,
+    ensure_here_pool,
+    here_pool_name,
+)
 from eventpipe.orchestration.janitor import FoundDeployment, HereJanitor, WorkerJanitor
-from eventpipe.orchestration.runner import PushRunner, crash_orphaned_runs
 from eventpipe.orchestration.worker_deployment import (
     deployment_problems,
     find_deployment,
@@ -33,14 +39,15 @@ from eventpipe.orchestration.worker_deployment import (
 from eventpipe.pipeline import Pipeline
 from eventpipe.run.compute import warm_up
 from eventpipe.run.dask import LocalDask
-from eventpipe.run.flow import FRESHNESS_BUDGET_ENV, materialize_pipeline
+from eventpipe.run.flow import FRESHNESS_BUDGET_ENV
 from eventpipe.settings import Settings
 
 log = logging.getLogger("eventpipe")
 
 
 class RunsHere:
-    """The deployment, its push runner and (with ``--task-runner dask``) a warm cluster."""
+    """The deployment, the worker executing its runs here and (with ``--task-runner dask``) a
+    warm cluster."""
 
     def __init__(
         self,
@@ -58,7 +65,7 @@ class RunsHere:
         self.on_run = on_run
         self.deployment_id: UUID | None = None
         self.work_pool: str | None = None
-        self.runner: PushRunner | None = None
+        self.runner: WorkerHere | None = None
         self._janitor: HereJanitor | None = None
         self._dask: LocalDask | None = None
         self._paused = False
@@ -79,16 +86,20 @@ class RunsHere:
         if task_runner == "dask":  # one cluster for all runs: workers start once, stay warm
             self._dask = LocalDask(self.spec)
             task_runner = self._dask.start()
+        pool = here_pool_name(name)
+        ensure_here_pool(pool)
         deployment_id = deploy.register(
-            self.pipeline, self.spec, s.data, s.publish_options(), task_runner, store_options(s)
+            self.pipeline,
+            self.spec,
+            s.data,
+            s.publish_options(),
+            task_runner,
+            store_options(s),
+            pool=pool,
         )
         self.deployment_id = deployment_id
-        runner = PushRunner(
-            materialize_pipeline,
-            deployment_id,
-            sweep_seconds=s.sweep_seconds,
-            on_finished=self._finished,
-        )
+        self.work_pool = pool
+        runner = WorkerHere(pool, on_finished=self._finished)
         janitor = HereJanitor(
             ledger=self.ledger,
             pipeline=name,
@@ -152,7 +163,7 @@ class RunsOnWorkers:
 
     def __init__(self, settings: Settings, *, pipeline: Pipeline, ledger: Ledger) -> None:
         self.settings = settings
-        self.runner: PushRunner | None = None
+        self.runner: WorkerHere | None = None
         name, data = pipeline.name, settings.data
         self.janitor = WorkerJanitor(
             ledger=ledger,

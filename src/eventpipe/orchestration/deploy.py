@@ -50,8 +50,11 @@ def register(
     publish: dict[str, str] | None = None,
     task_runner: str = "threads",
     storage: dict[str, str] | None = None,
+    *,
+    pool: str,
 ) -> UUID:
-    """Create or update deployment ``materialize/<pipeline>`` and its trigger, unpaused."""
+    """Create or update deployment ``materialize/<pipeline>`` on work pool ``pool`` (the one
+    ``eventpipe up`` executes its runs from) and its trigger, unpaused."""
     parameters: dict[str, Any] = {
         "pipeline": spec,
         "data": data_parameter(data),
@@ -68,6 +71,7 @@ def register(
         description=f"Materializes pipeline {pipeline.name!r} whenever a file lands "
         f"(related resource {pipeline_resource_id(pipeline.name)}).",
         tags=["eventpipe", f"eventpipe:{pipeline.name}"],
+        work_pool_name=pool,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     deployment_id: UUID = deployment.apply()  # type: ignore[assignment]  # sync in a sync context
@@ -231,10 +235,16 @@ def fetch_schedule(fetch: Fetch, *, active: bool = True) -> Any:
 
 
 def register_fetches(
-    pipeline: Pipeline, spec: str, data: Path | str, storage: dict[str, str] | None = None
+    pipeline: Pipeline,
+    spec: str,
+    data: Path | str,
+    storage: dict[str, str] | None = None,
+    *,
+    pool: str,
 ) -> dict[str, UUID]:
-    """Create or update deployment ``fetch/<pipeline>-<fetch>`` with its schedule for each
-    ``@pipeline.fetch``. A deployment or schedule paused in the UI stays paused."""
+    """Create or update deployment ``fetch/<pipeline>-<fetch>`` on work pool ``pool`` with its
+    schedule for each ``@pipeline.fetch``. A deployment or schedule paused in the UI stays
+    paused."""
     ids: dict[str, UUID] = {}
     for fetch in pipeline.fetches.values():
         name = fetch_deployment_name(pipeline.name, fetch.name)
@@ -260,6 +270,7 @@ def register_fetches(
             description=f"Fetches {fetch.name!r} of pipeline {pipeline.name!r} {fetch.every}; "
             "its result lands like a dropped file (pause to stop fetching).",
             tags=["eventpipe", f"eventpipe:{pipeline.name}", "eventpipe:fetch"],
+            work_pool_name=pool,
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         ids[fetch.name] = deployment.apply()  # type: ignore[assignment]

@@ -1,7 +1,7 @@
 """The janitors: once a sweep, each looks at the ledger and the server and puts right what a
 crash or a lost event left behind. One per way runs are executed:
 
-- :class:`HereJanitor` when this process's push runner executes the runs (``eventpipe up``):
+- :class:`HereJanitor` when this process's worker executes the runs (``eventpipe up``):
   runs left Pending/Running by a server that vanished under them are marked Crashed, their
   files go back to pending, and files that waited a whole sweep with no run coming get one.
 - :class:`WorkerJanitor` when Prefect workers execute them (``--runs worker``): it never
@@ -52,10 +52,13 @@ class Janitor(Protocol):
 
 
 class RunnerState(Protocol):
-    """What the here-janitor reads of the push runner."""
+    """What the here-janitor reads of the worker executing the runs here."""
 
-    paused: bool
-    current_lock: threading.Lock
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def current_lock(self) -> threading.Lock: ...
 
     @property
     def idle(self) -> bool: ...

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 log = logging.getLogger("eventpipe.worker")
 
@@ -321,16 +321,17 @@ def _warm_up(specs: list[str]) -> None:
 
 
 def _run(flow_run_id: str, fresh_settings: bool = True) -> int:
-    """Execute the flow run as ``python -m prefect.engine`` does, with the settings of the
-    environment as it is now (the job's variables were set after Prefect was imported: when
-    they changed a Prefect setting, the settings are read again)."""
+    """Execute the flow run as ``python -m prefect.engine`` does (signals handled, exit codes
+    alike), with the settings of the environment as it is now (the job's variables were set
+    after Prefect was imported: when they changed a Prefect setting, the settings are read
+    again)."""
     from uuid import UUID
 
     from prefect.context import SettingsContext
     from prefect.engine import handle_engine_signals
-    from prefect.flow_engine import load_flow, load_flow_run, run_flow
-    from prefect.logging.loggers import flow_run_logger
     from prefect.settings import Settings
+
+    from eventpipe.orchestration.execute import execute_flow_run
 
     current = SettingsContext.get()
     assert current is not None
@@ -339,15 +340,7 @@ def _run(flow_run_id: str, fresh_settings: bool = True) -> int:
         run_id = UUID(flow_run_id)
         try:
             with handle_engine_signals(run_id):
-                flow_run = load_flow_run(flow_run_id=run_id)
-                run_logger = flow_run_logger(flow_run=flow_run)
-                try:
-                    flow = load_flow(flow_run)
-                except Exception:
-                    run_logger.error("could not load the flow", exc_info=True)
-                    raise
-                # an adapter, as `python -m prefect.engine` passes it (typed as a Logger)
-                run_flow(flow, flow_run=flow_run, error_logger=cast(logging.Logger, run_logger))
+                execute_flow_run(run_id)
         except SystemExit as exc:  # handle_engine_signals exits on Abort, Pause, errors
             _drain()
             return exc.code if isinstance(exc.code, int) else 1

@@ -13,6 +13,13 @@ It is Prefect's worker with two changes where the seconds go:
   the fallback), the worker listens on the events websocket for ``prefect.flow-run.Scheduled``
   of its pool's runs and polls the moment one is announced.
 
+With ``warm_processes`` 0 the runs execute on threads of the worker's own process instead,
+one run of a deployment at a time, each claimed only when its turn comes: no process starts
+at all. That is how ``eventpipe up`` executes its runs (``eventpipe.orchestration.here``
+embeds this worker on a pool of its own); such runs share the worker's environment and
+working directory and cannot be stopped mid-way. Both kinds call one function to execute a
+run (``eventpipe.orchestration.execute``).
+
 Everything else is the base worker's: the claim (propose Pending; ``Abort`` means another
 worker won), job variables, labels, the infrastructure pid, "Crashed" when the process
 exits without a final state, cancelling runs that have not started. A running run cancelled
@@ -26,9 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -40,7 +52,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
-from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
+from prefect.exceptions import (
+    InfrastructureNotAvailable,
+    InfrastructureNotFound,
+    ObjectNotFound,
+)
 from prefect.workers.base import (
     BaseJobConfiguration,
     BaseVariables,
@@ -49,6 +65,8 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
+from eventpipe.compat import warm_engine
+from eventpipe.orchestration.execute import execute_flow_run
 from eventpipe.orchestration.warm import Job, WarmPool, WarmProcess
 
 log = logging.getLogger("eventpipe.worker")
@@ -84,10 +102,12 @@ class EventpipeVariables(BaseVariables):
     )
     warm_processes: int = Field(
         default=DEFAULT_WARM,
-        ge=1,
+        ge=0,
         title="Warm processes",
         description="How many interpreters each worker keeps imported and waiting for a run"
-        " (each holds Prefect, eventpipe and pandas in memory: about 150 MB).",
+        " (each holds Prefect, eventpipe and pandas in memory: about 150 MB). 0: the runs"
+        " execute on threads of the worker's own process, one run of a deployment at a time"
+        " (the pool's default decides; the runs share the worker's environment).",
     )
     runs_per_process: int = Field(
         default=DEFAULT_RUNS,
@@ -122,8 +142,28 @@ class EventpipeWorker(
     _display_name = "eventpipe (warm processes)"
     _documentation_url = "https://github.com/eventpipe/eventpipe#the-eventpipe-worker"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_finished: Callable[[FlowRun, Any], None] | None = None,
+        channel: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.on_finished = on_finished
+        self.channel = channel
+        """False: heartbeats and pool reads over REST only, without Prefect's worker-channel
+        websocket (which a worker stopped inside a longer-lived process leaves unclosed)."""
+        """Called with each run executed here and its final state (threads only)."""
+        self.paused = False
+        """Set to claim no more runs (those scheduled are left as they are)."""
+        self.current_lock = threading.Lock()
+        """Held while a run becomes active here: see :attr:`idle`."""
+        self.listening = threading.Event()
+        """Set once the events websocket is connected (the poll works meanwhile)."""
+        self._active: set[UUID] = set()
+        self._turns: dict[UUID | None, asyncio.Lock] = {}
+        self._lanes: dict[UUID | None, _Lane] = {}
         self._warm: WarmPool | None = None
         self._running: dict[UUID, WarmProcess] = {}
         self._cancelled: set[UUID] = set()
@@ -136,12 +176,25 @@ class EventpipeWorker(
         await super()._initialize_after_sync()
         if self._work_pool is None:
             return
-        if self._warm is None:
-            self._warm = WarmPool(*self._pool_settings())
-        self._warm.warm_pipelines(await self._pipelines())
-        await anyio.to_thread.run_sync(self._warm.fill)
-        if self._listener is None and os.environ.get(LISTEN_ENV, "true").lower() != "false":
+        if not self.in_threads:
+            if self._warm is None:
+                self._warm = WarmPool(*self._pool_settings())
+            self._warm.warm_pipelines(await self._pipelines())
+            await anyio.to_thread.run_sync(self._warm.fill)
+        if os.environ.get(LISTEN_ENV, "true").lower() == "false":
+            self.listening.set()  # nothing more to wait for: the poll finds the runs
+        elif self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def sync_with_backend(self) -> None:
+        if self.channel:
+            await super().sync_with_backend()
+            return
+        # The base method with no task group for the channel: REST sync and heartbeat.
+        self._ensure_worker_channel()
+        if self._worker_channel is not None:
+            await self._worker_channel.sync(None)
+            await self._initialize_after_sync()
 
     async def _pipelines(self) -> list[str]:
         """The pipeline specs of the eventpipe deployments on this pool, for the warm processes
@@ -173,14 +226,33 @@ class EventpipeWorker(
         runs = props.get("runs_per_process", {}).get("default", DEFAULT_RUNS)
         return int(size), [str(m) for m in preload], int(runs)
 
+    @property
+    def in_threads(self) -> bool:
+        """Whether the runs execute on threads of this process (the pool's default of
+        ``warm_processes`` is 0)."""
+        return self._work_pool is not None and self._pool_settings()[0] == 0
+
+    @property
+    def idle(self) -> bool:
+        """No run claimed or executing here. Changes from True only under
+        :attr:`current_lock`, so whoever holds it and sees True knows that no run of this
+        worker's can be Pending or Running meanwhile."""
+        return not self._active
+
     async def teardown(self, *exc_info: Any) -> None:
         if self._listener is not None:
             self._listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         try:
             await super().teardown(*exc_info)  # waits for the runs in progress
         finally:
             if self._warm is not None:
                 await anyio.to_thread.run_sync(self._warm.close)
+            for lane in self._lanes.values():
+                lane.close()
+                await anyio.to_thread.run_sync(lane.join, 30.0)
 
     # -- hearing of runs ---------------------------------------------------------------------
 
@@ -200,6 +272,8 @@ class EventpipeWorker(
                     filter=stream, reconnect_on_clean_close=True
                 ) as events:
                     retry = 0.5
+                    self.listening.set()
+                    await self._poll_once()  # runs scheduled before the stream was heard
                     async for event in events:
                         run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
                         if event.event == CANCELLING:
@@ -226,6 +300,8 @@ class EventpipeWorker(
         """The pool's due runs, but those of a paused deployment: Prefect's trigger still
         creates runs for one, and a process worker would execute them. They stay Scheduled
         and run once the deployment is resumed."""
+        if self.paused:
+            return []
         found = await super()._get_scheduled_flow_runs()
         paused: dict[UUID, bool] = {}
         kept = []
@@ -250,9 +326,81 @@ class EventpipeWorker(
             kept.append(entry)
         return kept
 
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """On threads, a run of a deployment is claimed only when the previous one is over
+        (as Prefect's Runner does with a limit): a burst of triggered runs stays Scheduled,
+        not claimed and queued here."""
+        if not self.in_threads:
+            await super()._submit_run(flow_run)
+            return
+        turn = self._turns.setdefault(flow_run.deployment_id, asyncio.Lock())
+        async with turn:
+            lane = self._lane(flow_run.deployment_id)
+            await super()._submit_run(flow_run)  # returns once the run started, if claimed
+            await lane.wait_over(flow_run.id)
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        await anyio.to_thread.run_sync(self.current_lock.acquire)
+        try:
+            if self.paused:
+                return False
+            self._active.add(flow_run.id)
+        finally:
+            self.current_lock.release()
+        claimed = False
+        try:
+            claimed = await super()._propose_pending_state(flow_run)
+        finally:
+            if not claimed:
+                self._active.discard(flow_run.id)
+        return claimed
+
     # -- running ---------------------------------------------------------------------------
 
     async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: EventpipeJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> EventpipeWorkerResult:
+        try:
+            if self.in_threads:
+                return await self._run_in_thread(flow_run, task_status)
+            return await self._run_warm(flow_run, configuration, task_status)
+        finally:
+            self._active.discard(flow_run.id)
+
+    async def _run_in_thread(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[int] | None
+    ) -> EventpipeWorkerResult:
+        lane = self._lane(flow_run.deployment_id)
+        lane.begin(flow_run.id)  # before the claim's `_submit_run` goes on to wait for it
+        if task_status is not None:
+            task_status.started(os.getpid())
+        # A run scheduled ahead (a fetch) is claimed up to prefetch_seconds early; it starts
+        # when due.
+        due = flow_run.next_scheduled_start_time or flow_run.expected_start_time
+        if due is not None:
+            early = (due - datetime.now(UTC)).total_seconds()
+            if early > 0:
+                await asyncio.sleep(early)
+        code, state = await lane.execute(flow_run.id)
+        if self.on_finished is not None and state is not None:
+            try:
+                self.on_finished(flow_run, state)
+            except Exception:
+                log.exception("on_finished failed for %s", flow_run.name)
+        return EventpipeWorkerResult(identifier=str(os.getpid()), status_code=code)
+
+    def _lane(self, deployment_id: UUID | None) -> _Lane:
+        lane = self._lanes.get(deployment_id)
+        if lane is None:
+            lane = self._lanes[deployment_id] = _Lane(str(deployment_id))
+        return lane
+
+    async def _run_warm(
         self,
         flow_run: FlowRun,
         configuration: EventpipeJobConfiguration,
@@ -332,9 +480,84 @@ class EventpipeWorker(
         grace_seconds: int = 30,
     ) -> None:
         pid = int(str(infrastructure_pid).rsplit(":", 1)[-1])
+        if pid == os.getpid() and self.in_threads:
+            raise InfrastructureNotAvailable(
+                "the run executes on a thread of the worker's own process: it is not stopped"
+                " mid-way, it ends by itself"
+            )
         for run_id, process in list(self._running.items()):
             if process.pid == pid:
                 self._cancelled.add(run_id)
                 process.kill()
                 return
         raise InfrastructureNotFound(f"process {pid} is not one of this worker's runs")
+
+
+class _Lane:
+    """One thread executing one deployment's runs, one at a time, in a warm engine (one API
+    client for all runs, no heartbeat thread: see ``compat.warm_engine``)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue[tuple[UUID, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None]
+        self._jobs = queue.Queue()
+        self._over: dict[UUID, asyncio.Event] = {}
+        self._thread = threading.Thread(
+            target=self._serve, name=f"eventpipe-run-{name}", daemon=True
+        )
+        self._thread.start()
+
+    def begin(self, run_id: UUID) -> None:
+        """``run_id`` is to execute here: :meth:`wait_over` waits for it from now on."""
+        self._over.setdefault(run_id, asyncio.Event())
+
+    async def execute(self, run_id: UUID) -> tuple[int, Any]:
+        """Run ``run_id`` on this lane's thread: its exit code (0: the engine reported a final
+        state; 1: it raised) and its final state."""
+        loop = asyncio.get_running_loop()
+        over = self._over.setdefault(run_id, asyncio.Event())
+        done: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((run_id, loop, done))
+        try:
+            return 0, await done
+        except Exception:
+            log.exception("flow run %s could not be executed", run_id)
+            return 1, None
+        finally:
+            over.set()
+
+    async def wait_over(self, run_id: UUID) -> None:
+        """Until ``run_id``'s execution here is over; at once if it never began."""
+        over = self._over.get(run_id)
+        if over is not None:
+            await over.wait()
+            self._over.pop(run_id, None)
+
+    def _serve(self) -> None:
+        with warm_engine():
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                run_id, loop, done = job
+                try:
+                    result: Any = execute_flow_run(run_id)
+                except BaseException as exc:  # SystemExit from the engine included
+                    error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+                    loop.call_soon_threadsafe(_settle, done, None, error)
+                else:
+                    loop.call_soon_threadsafe(_settle, done, result, None)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
