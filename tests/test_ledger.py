@@ -546,3 +546,28 @@ def test_republishing_an_old_version_makes_it_current_without_a_second_record(
     assert versions["v1"].created_at == 100.0
     assert versions["v1"].current_at == 300.0
     assert versions["v1"].run_id == "run-3"
+
+
+def test_a_run_is_on_its_way_while_an_announced_file_is_unclaimed(ledger: Ledger) -> None:
+    from eventpipe.events.outbox import mark_wakes
+
+    ledger.record_landed(PIPELINE, landed("a.csv", b"a\n1\n"), landed_event)
+    assert not ledger.run_on_its_way(PIPELINE)  # landed, not announced: nothing woken yet
+    ledger.mark_sent([event_id for event_id, _, _ in ledger.unsent()])
+    assert ledger.run_on_its_way(PIPELINE)
+    assert not ledger.run_on_its_way("other")
+
+    # A file landing now wakes no second run: the woken one claims it too.
+    ledger.record_landed(PIPELINE, landed("b.csv", b"a\n2\n"), landed_event)
+    bodies = [
+        {**body, "resource": {**body["resource"], "eventpipe.pipeline": PIPELINE}}
+        for _, body, _ in ledger.unsent()
+    ]
+    assert "eventpipe.wake" not in mark_wakes(bodies, {PIPELINE})[-1]["resource"]
+    assert mark_wakes(bodies)[-1]["resource"]["eventpipe.wake"] == "true"
+    assert {r.relative for r in ledger.claim_pending(PIPELINE, "run-1")} == {"a.csv", "b.csv"}
+    assert not ledger.run_on_its_way(PIPELINE)  # claimed: the next landing wakes a run
+
+    ledger.record_landed(PIPELINE, landed("c.csv", b"a\n3\n"), landed_event)
+    ledger.mark_sent([event_id for event_id, _, _ in ledger.unsent()])
+    assert not ledger.run_on_its_way(PIPELINE, within=-1.0)  # announced too long ago: wake
