@@ -32,11 +32,11 @@ from eventpipe.ledger import Ledger
 from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import (
     Background,
-    client_env,
     cut_proxy,
     drop_file,
     eventpipe_up,
     fresh_database,
+    host_env,
     read_events,
     wait_for,
 )
@@ -87,14 +87,6 @@ def total(cleaned: pd.DataFrame) -> pd.DataFrame:
 """
 
 
-def own_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
-    """One "host": its own HOME and PREFECT_HOME, none of this process's EVENTPIPE_* settings."""
-    env = client_env(api_url, home / "prefect-home", HOME=str(home), COLUMNS="200", **extra)
-    for name in [n for n in env if n.startswith("EVENTPIPE_") and n not in extra]:
-        del env[name]
-    return env
-
-
 def cli(env: dict[str, str], cwd: Path, *argv: str) -> str:
     done = subprocess.run(
         [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
@@ -135,7 +127,7 @@ class Setup:
 
     def env(self, home: Path, api: str | None = None, **extra: str) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
-        return own_env(api or self.api, home, EVENTPIPE_LEDGER=self.ledger, **extra)
+        return host_env(api or self.api, home, EVENTPIPE_LEDGER=self.ledger, **extra)
 
     def deploy(self) -> str:
         where = self.root / "deployer"

@@ -76,6 +76,7 @@ TESTING = [
     "Reply",
     "SeenRequest",
     "client_env",
+    "host_env",
     "configure_prefect_env",
     "cut_proxy",
     "drop_file",

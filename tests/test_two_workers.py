@@ -40,9 +40,9 @@ from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import (
     Background,
     DataBucket,
-    client_env,
     eventpipe_up,
     fresh_database,
+    host_env,
     moto_env,
     upload,
     wait_for,
@@ -84,15 +84,6 @@ HEARTBEAT = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
 
 PIPELINE_FILES = ("*.parquet", "*.sqlite*", "*.csv", "*.json")
-
-
-def own_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
-    """The environment of one "host": its own HOME and PREFECT_HOME, none of this process's
-    EVENTPIPE_* settings."""
-    env = client_env(api_url, home / "prefect-home", HOME=str(home), COLUMNS="200", **extra)
-    for name in [n for n in env if n.startswith("EVENTPIPE_") and n not in extra]:
-        del env[name]
-    return env
 
 
 def descendants(pid: int) -> list[int]:
@@ -159,7 +150,7 @@ def deploy(
     done = subprocess.run(
         [sys.executable, "-m", "eventpipe.cli", *argv, "--api-url", api_url],
         cwd=where,
-        env=own_env(api_url, where, **HEARTBEAT, **env),
+        env=host_env(api_url, where, **HEARTBEAT, **env),
         capture_output=True,
         text=True,
         timeout=180,
@@ -183,7 +174,7 @@ class Hosts:
         self.workers: list[Background] = []
         for i, home in enumerate(roots, 1):
             home.mkdir()
-            env = own_env(
+            env = host_env(
                 api_url,
                 home,
                 EVENTPIPE_LEDGER=ledger,
@@ -345,7 +336,7 @@ def test_two_workers_share_a_postgresql_ledger_and_survive_one_killed_mid_run(
         phase("deployed")
         hosts.start()
         phase("workers started")
-        watcher_env = {k: v for k, v in own_env(api, watcher, **s3).items() if k != "PREFECT_HOME"}
+        watcher_env = {k: v for k, v in host_env(api, watcher, **s3).items() if k != "PREFECT_HOME"}
         up = eventpipe_up(
             *("--runs", "worker", "--pipeline", spec, "--data", data.uri, "--ledger", ledger),
             *("--source", f"s3://{landing.name}/in/", "--queue", landing.queue_url),

@@ -4,6 +4,7 @@ own tests use them too.
 - ``prefect``: :func:`configure_prefect_env` (call it before anything imports Prefect:
   Prefect reads its settings from the environment once, at import; a pytest
   ``pytest_configure`` hook is the place), :func:`prefect_server`, :func:`client_env`,
+  :func:`host_env` (a child process as another host),
   :func:`read_events`.
 - ``files``: :func:`drop_file` (temp name, then rename), :func:`land_file` (recorded as the
   watcher would, without one), :func:`wait_for` (a condition, never a fixed sleep).
@@ -25,7 +26,13 @@ Importing this package imports no Prefect.
 from eventpipe.testing.files import drop_file, land_file, wait_for
 from eventpipe.testing.http import FakeEndpoint, Reply, SeenRequest, fake_endpoint
 from eventpipe.testing.postgres import fresh_database, postgres_server
-from eventpipe.testing.prefect import client_env, configure_prefect_env, prefect_server, read_events
+from eventpipe.testing.prefect import (
+    client_env,
+    configure_prefect_env,
+    host_env,
+    prefect_server,
+    read_events,
+)
 from eventpipe.testing.processes import Background, eventpipe_up
 from eventpipe.testing.proxy import CutProxy, cut_proxy
 from eventpipe.testing.s3 import DataBucket, moto_env, moto_s3, upload
@@ -44,6 +51,7 @@ __all__ = [
     "eventpipe_up",
     "fake_endpoint",
     "fresh_database",
+    "host_env",
     "land_file",
     "moto_env",
     "moto_s3",

@@ -76,3 +76,13 @@ def client_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def host_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of one "host" for a child process (a worker, a watcher): its own
+    ``HOME`` and ``PREFECT_HOME`` under ``home``, the server at ``api_url``, and none of this
+    process's ``EVENTPIPE_*`` settings but those in ``extra``."""
+    env = client_env(api_url, home / "prefect-home", HOME=str(home), COLUMNS="200", **extra)
+    for name in [n for n in env if n.startswith("EVENTPIPE_") and n not in extra]:
+        del env[name]
+    return env
