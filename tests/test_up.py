@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,12 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         tmp.write_text(extra.replace("order_id", "order_id", 1))
         os.replace(tmp, tmp_path / "inbox" / "extra.csv")
         wait_for(lambda: "extra.csv: new" in output.read_text(), 30, what="the extra file")
+        # Each run that finishes says what it did, its summary read from the run's result.
+        wait_for(
+            lambda: re.search(r"run \S+: \d+ processed, \d+ skipped", output.read_text()),
+            60,
+            what="a run's summary line",
+        )
 
         home = tmp_path / ".eventpipe" / "prefect"
         assert home.is_dir()  # a project-local PREFECT_HOME
@@ -72,6 +79,7 @@ def test_up_runs_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
 
     text = output.read_text()
     assert "stopped." in text
+    assert "Warning" not in text, text
     # No orphan: the embedded server went with it.
     time.sleep(0.5)
     with pytest.raises(httpx.HTTPError):

@@ -388,8 +388,8 @@ class EventpipeWorker(
                 await asyncio.sleep(early)
         code, state = await lane.execute(flow_run.id)
         if self.on_finished is not None and state is not None:
-            try:
-                self.on_finished(flow_run, state)
+            try:  # in a thread: the callback may read the state's result, a sync call
+                await anyio.to_thread.run_sync(self.on_finished, flow_run, state)
             except Exception:
                 log.exception("on_finished failed for %s", flow_run.name)
         return EventpipeWorkerResult(identifier=str(os.getpid()), status_code=code)
