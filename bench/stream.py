@@ -321,6 +321,11 @@ def run_facts(facts: dict[str, Any], runs: dict[str, Any], since: float) -> dict
         "created_to_pending": dist(before),
         "event_sent_to_next_run_created": dist(trigger),
         "files_waiting_at_run_start": [int(n) for n in backlog],
+        # every run of the stream, seconds after the stream began: created, then each state
+        "timeline": [
+            {k: round(v - since, 3) for k, v in sorted(t.items(), key=lambda kv: kv[1])}
+            for t in sorted(created, key=lambda t: t["created"])
+        ],
     }
 
 

@@ -1,5 +1,6 @@
-"""The embedded server's launcher (:mod:`eventpipe.orchestration.prefect_server`): a trigger's
-run is created under ``BEGIN IMMEDIATE`` on SQLite, and an unexpected Prefect is left alone."""
+"""The embedded server's launcher (:mod:`eventpipe.orchestration.prefect_server`): its SQLite
+transactions begin ``IMMEDIATE`` (a request waits for a concurrent writer instead of a 503),
+and an unexpected Prefect is left alone."""
 
 from __future__ import annotations
 
@@ -70,48 +71,46 @@ def test_unpatched_prefect_answers_503_at_once_which_its_client_retries_2_s_late
     assert seconds < 0.4
 
 
-def test_the_patched_db_opens_transactions_with_the_write_lock_up_front() -> None:
-    seen: list[dict[str, bool]] = []
-
-    class Db:
-        dialect = "sqlite"
-
-        def session_context(self, **kwargs: bool) -> str:
-            seen.append(kwargs)
-            return "session"
-
-    db = prefect_server._ImmediateTransactions(Db())
-
-    db.session_context(begin_transaction=True)
-    db.session_context()
-
-    assert seen == [
-        {"begin_transaction": True, "with_for_update": True},
-        {"begin_transaction": False, "with_for_update": False},
-    ]
-    assert db.dialect == "sqlite"
+def test_a_claim_waits_for_a_concurrent_writer_too(tmp_path: Path) -> None:
+    """Not only a trigger's run: a worker's claim (propose Pending) is a write as well."""
+    home = tmp_path / "claim"
+    with EmbeddedServer(home) as server, httpx.Client(timeout=60) as http:
+        flow = post(http, f"{server.api_url}/flows/", {"name": "noop"})
+        deployment = post(
+            http, f"{server.api_url}/deployments/", {"name": "d", "flow_id": flow["id"]}
+        )
+        run = post(http, f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", {})
+        database = sqlite3.connect(
+            home / "prefect.db", isolation_level=None, timeout=30, check_same_thread=False
+        )
+        try:
+            database.execute("BEGIN IMMEDIATE")
+            release = threading.Timer(0.5, database.execute, ["COMMIT"])
+            release.start()
+            claimed = http.post(
+                f"{server.api_url}/flow_runs/{run['id']}/set_state",
+                json={"state": {"type": "PENDING"}},
+            )
+            release.join()
+        finally:
+            database.close()
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["status"] == "ACCEPT"
 
 
 def test_a_prefect_that_changed_shape_is_not_patched() -> None:
-    async def fixed_upstream(db: Any) -> None:
-        async with db.session_context(begin_transaction=True, with_for_update=True):
-            pass
+    from prefect.server.database.configurations import AioSqliteConfiguration
 
-    async def no_db(session: Any) -> None:
-        async with session.session_context(begin_transaction=True):
-            pass
+    def fixed_upstream(self: Any, session: Any, with_for_update: bool = False) -> Any:
+        return "IMMEDIATE"
 
-    def not_async(db: Any) -> None:
-        db.session_context(begin_transaction=True)
+    def other_parameters(self: Any, session: Any) -> Any:
+        return None
 
-    class Route:
-        endpoint = staticmethod(fixed_upstream)
-
-    assert "no longer opens" in (prefect_server.shape_mismatch(fixed_upstream) or "")
-    assert "no `db`" in (prefect_server.shape_mismatch(no_db) or "")
-    assert "coroutine" in (prefect_server.shape_mismatch(not_async) or "")
-    assert "0 routes" in (prefect_server.unpatchable([], fixed_upstream) or "")
-    assert "not `create_flow_run" in (prefect_server.unpatchable([Route()], no_db) or "")
+    assert prefect_server.shape_mismatch(AioSqliteConfiguration.begin_transaction) is None
+    assert "no longer begins" in (prefect_server.shape_mismatch(fixed_upstream) or "")
+    assert "parameters" in (prefect_server.shape_mismatch(other_parameters) or "")
+    assert "not a function" in (prefect_server.shape_mismatch(None) or "")
 
 
 def test_the_embedded_server_starts_through_the_launcher_unless_told_not_to(

@@ -1,126 +1,83 @@
-"""``prefect server start``, with one patch for SQLite: a trigger's run is created under
-``BEGIN IMMEDIATE``.
+"""``prefect server start``, with one patch for SQLite: every transaction the server opens
+begins ``IMMEDIATE``.
 
     python -m eventpipe.orchestration.prefect_server start --host 127.0.0.1 --port 4200
 
 runs Prefect's own CLI (``prefect server start ...``, arguments unchanged) in this process
-after :func:`patch_create_flow_run_from_deployment`. :class:`~eventpipe.orchestration.server.
+after :func:`patch_sqlite_transactions`. :class:`~eventpipe.orchestration.server.
 EmbeddedServer` starts the embedded server this way.
 
-Why: ``POST /deployments/{id}/create_flow_run`` (what a deployment trigger's "run-deployment"
-action calls) opens ``db.session_context(begin_transaction=True)``, which on SQLite is
-``BEGIN DEFERRED``. The transaction reads (the deployment, variables) and then writes the run.
-If another connection wrote in between, typically the event persister flushing its batch,
-SQLite cannot upgrade the read to a write and fails at once with ``database is locked`` (the
-busy timeout does not apply to a read upgraded to a write). The API answers 503, and the
-in-server client of the triggers service retries after its fixed back-off of 2 s
-(``2 ** 1``, no setting shortens it): the event's run appears 2-3 s late. Measured with
-``bench/trigger_floor.py`` (its ``embedded`` and ``unpatched`` variants, interleaved) and
-``tests/test_server_settings.py`` (a write lock held for 0.5 s: 201 after ~0.6 s patched,
-503 at once unpatched).
+Why: on SQLite, Prefect opens a write transaction (``db.session_context(begin_transaction=
+True)``) as ``BEGIN DEFERRED`` unless the caller asks for ``with_for_update``. Such a
+transaction reads, then writes; if another connection wrote in between (the event persister
+flushing its batch, a service marking runs late), SQLite cannot upgrade the read to a write
+and fails at once with ``database is locked`` — the busy timeout does not apply to that
+upgrade. The API answers 503 and Prefect's client retries after its fixed back-off of 2 s
+(``2 ** 1``; no setting shortens it). Measured here: a trigger's run created 2-3 s late
+(``bench/trigger_floor.py``, the ``unpatched`` variant), and under a steady stream of files a
+worker's claim (propose Pending, set labels, propose Submitting) taking 2-4 s instead of
+milliseconds. ``tests/test_server_settings.py`` holds the write lock for 0.5 s: patched, the
+request waits and succeeds; unpatched, it gets a 503 at once.
 
-With ``with_for_update=True`` Prefect's SQLite configuration issues ``BEGIN IMMEDIATE``: the
-write lock is taken up front, so the transaction waits for the persister (milliseconds, under
-the busy timeout) instead of failing. On PostgreSQL ``with_for_update`` does nothing here.
+With ``BEGIN IMMEDIATE`` the write lock is taken up front, so a transaction waits for the
+other writer (milliseconds, under the 60 s busy timeout) instead of failing. SQLite allows one
+writer at a time either way, so nothing that succeeded before is serialized further; reads
+outside a transaction are unchanged. On PostgreSQL the configuration patched is not used.
 
-The patch is the smallest that does this: the route's endpoint is wrapped so that the
-``db`` it is given opens its transactions with ``with_for_update=True``; nothing else of the
-endpoint or the server changes. It is applied only if the installed Prefect still has the
-shape it was written for (the route, its ``db`` parameter, a ``begin_transaction=True``
-session without ``with_for_update``); otherwise the server runs unpatched, with a warning.
-
-It becomes unnecessary when Prefect opens that transaction with
-``db.session_context(begin_transaction=True, with_for_update=True)`` (as it already does for
-``mark_deployments_ready``, PrefectHQ/prefect#22967) — then :func:`shape_mismatch` reports it and
-the server runs Prefect's code as is.
+The patch is applied only if Prefect's SQLite configuration still has the shape it was written
+for (``begin_transaction(self, session, with_for_update=False)`` choosing ``IMMEDIATE`` only
+for ``with_for_update``); otherwise the server runs unpatched, with a warning. It becomes
+unnecessary when Prefect begins its SQLite write transactions ``IMMEDIATE`` itself.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger("eventpipe.prefect_server")
 
-ROUTE_PATH = "/deployments/{id:uuid}/create_flow_run"
-DEFERRED_TRANSACTION = "db.session_context(begin_transaction=True)"
+DEFERRED_UNLESS_FOR_UPDATE = '"IMMEDIATE" if with_for_update else "DEFERRED"'
 
 
-class _ImmediateTransactions:
-    """A Prefect database interface whose transactions take SQLite's write lock up front."""
-
-    def __init__(self, db: Any) -> None:
-        self._db = db
-
-    def session_context(
-        self, begin_transaction: bool = False, with_for_update: bool = False
-    ) -> Any:
-        return self._db.session_context(
-            begin_transaction=begin_transaction,
-            with_for_update=with_for_update or begin_transaction,
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
-def shape_mismatch(endpoint: Any) -> str | None:
-    """Why ``endpoint`` is not the function the patch was written for, or None if it is."""
-    if not inspect.iscoroutinefunction(endpoint):
-        return "it is not a coroutine function"
-    if "db" not in inspect.signature(endpoint).parameters:
-        return "it has no `db` parameter"
+def shape_mismatch(begin_transaction: Any) -> str | None:
+    """Why ``begin_transaction`` is not the method the patch was written for, or None."""
+    if not callable(begin_transaction):
+        return "it is not a function"
+    parameters = list(inspect.signature(begin_transaction).parameters)
+    if parameters != ["self", "session", "with_for_update"]:
+        return f"its parameters are {parameters}"
     try:
-        source = inspect.getsource(endpoint)
+        source = inspect.getsource(begin_transaction)
     except (OSError, TypeError) as exc:
         return f"its source cannot be read ({exc})"
-    if source.count("session_context(") != 1 or DEFERRED_TRANSACTION not in source:
-        return f"it no longer opens exactly one `{DEFERRED_TRANSACTION}`"
+    if DEFERRED_UNLESS_FOR_UPDATE not in source:
+        return "it no longer begins DEFERRED unless asked for IMMEDIATE"
     return None
 
 
-def unpatchable(routes: list[Any], function: Any) -> str | None:
-    """Why the patch does not apply to these ``routes`` (POST :data:`ROUTE_PATH`) and the
-    module's ``create_flow_run_from_deployment``, or None if it does."""
-    if len(routes) != 1:
-        return f"{len(routes)} routes match POST {ROUTE_PATH}"
-    if function is None or getattr(routes[0], "endpoint", None) is not function:
-        return "the route's endpoint is not `create_flow_run_from_deployment`"
-    return shape_mismatch(function)
+def patch_sqlite_transactions() -> bool:
+    """Make every SQLite transaction of this process's Prefect server ``BEGIN IMMEDIATE`` (see
+    the module); True if patched. Call it before the server starts."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
 
-
-def patch_create_flow_run_from_deployment() -> bool:
-    """Make the route's transaction ``BEGIN IMMEDIATE`` on SQLite (see the module); True if
-    patched. Call it before the server's app is created (``create_app``)."""
-    from prefect.server.api import deployments
-
-    routes = [
-        route
-        for route in deployments.router.routes
-        if getattr(route, "path", None) == ROUTE_PATH and "POST" in getattr(route, "methods", ())
-    ]
-    why = unpatchable(routes, getattr(deployments, "create_flow_run_from_deployment", None))
+    original = AioSqliteConfiguration.begin_transaction
+    why = shape_mismatch(original)
     if why is not None:
         log.warning(
-            "not patching Prefect's create_flow_run_from_deployment (%s): a trigger's run may "
-            "be created 2-3 s late when SQLite is busy",
+            "not patching Prefect's SQLite transactions (%s): a request may fail with 503 and"
+            " be retried 2 s later when SQLite is busy",
             why,
         )
         return False
-    original: Callable[..., Awaitable[Any]] = routes[0].endpoint  # type: ignore[attr-defined]
 
-    @functools.wraps(original)
-    async def create_flow_run_from_deployment(*args: Any, **kwargs: Any) -> Any:
-        kwargs["db"] = _ImmediateTransactions(kwargs["db"])
-        return await original(*args, **kwargs)
+    def begin_transaction(self: Any, session: Any, with_for_update: bool = False) -> Any:
+        return original(self, session, with_for_update=True)
 
-    # FastAPI builds the app's route from this endpoint when create_app includes the router;
-    # functools.wraps keeps the signature it injects the dependencies from.
-    routes[0].endpoint = create_flow_run_from_deployment  # type: ignore[attr-defined]
+    begin_transaction.__doc__ = original.__doc__
+    AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
     return True
 
 
@@ -131,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         log.propagate = False
-    patch_create_flow_run_from_deployment()
+    patch_sqlite_transactions()
     from prefect.cli import app
 
     sys.argv = ["prefect", "server", *(sys.argv[1:] if argv is None else argv)]

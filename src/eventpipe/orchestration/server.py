@@ -1,5 +1,6 @@
 """The embedded Prefect server: ``prefect server start`` on 127.0.0.1 with a project-local home
-(through :mod:`eventpipe.orchestration.prefect_server`, which patches one SQLite transaction)."""
+(through :mod:`eventpipe.orchestration.prefect_server`, which begins its SQLite transactions
+``IMMEDIATE``)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ class EmbeddedServer:
         self.home = home
         self.patched = patched
         """Start the server through :mod:`eventpipe.orchestration.prefect_server` (Prefect's
-        ``prefect server start`` with a trigger's run created under ``BEGIN IMMEDIATE`` on
-        SQLite: no 2-3 s stalls); False: plain ``prefect server start``."""
+        ``prefect server start`` with its SQLite transactions begun ``IMMEDIATE``: no 503 and
+        2 s retry when two writers meet); False: plain ``prefect server start``."""
         self.env = dict(env or {})
         """Extra environment of the server process (e.g. ``PREFECT_SERVER_API_AUTH_STRING``)."""
         if database_url:
