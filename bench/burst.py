@@ -1,5 +1,5 @@
 """Burst: many files dropped into the inbox at once -> every file done, through the whole loop
-(watcher, ledger, outbox, deployment trigger, push runner, flow), as ``eventpipe up`` runs it.
+(watcher, ledger, outbox, deployment trigger, embedded worker, flow), as ``eventpipe up`` runs it.
 
 Goals for 1000 files: all done within 60 s, by at most 20 flow runs. Bursts of each size in
 ``--sizes`` run one after the other in this one process, each with its own loop (pipeline,

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(harness.table(["pipeline", "threads s", "dask s", "speed-up"], rows_out))
     result: dict[str, object] = {
         "measure": "wall seconds of one materialize run processing N new files, called in this "
-        "process as the push runner calls it; Dask: a warm LocalCluster, a process per core",
+        "process as `eventpipe up` calls it; Dask: a warm LocalCluster, a process per core",
         "config": {"files": args.files, "rounds": args.rounds, "workers": os.cpu_count()},
         "cases": cases,
         "figures": figures,

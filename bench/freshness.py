@@ -7,7 +7,8 @@ of one never fires for another's files), inbox, data dir, PREFECT_HOME and logs;
 steps and the files are the same. The paths differ only in how the triggered run is picked up
 and executed:
 
-* folder: ``eventpipe up`` (folder watcher, outbox pump, push runner in a warm process);
+* folder: ``eventpipe up`` (folder watcher, outbox pump, the eventpipe worker embedded, the
+  runs on its thread);
 * S3 bucket: the same, watching a bucket on a ``moto_server`` through SQS notifications;
 * eventpipe worker: the production topology on the ``eventpipe`` worker type: the flow
   deployed with the real ``prefect deploy`` (a prefect.yaml like the repository's) on a pool
@@ -590,7 +591,7 @@ class BaselineLane(Lane):
 def make_lanes(bench: Bench, args: argparse.Namespace, endpoint: str | None) -> list[Lane]:
     """The paths in the order of their drops in the first round (and of the table)."""
     lanes: list[Lane] = [
-        UpLane(bench, "eventpipe", "eventpipe (push runner)", "eventpipe", f"{PIPELINE_FILE}:fast")
+        UpLane(bench, "eventpipe", "eventpipe (up, folder)", "eventpipe", f"{PIPELINE_FILE}:fast")
     ]
     if endpoint is not None:
         lanes.append(BucketLane(bench, endpoint, own_pipeline(bench.root / "s3", "s3")))

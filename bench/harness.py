@@ -1,7 +1,7 @@
 """What the benchmarks share, in one module every script imports as ``harness`` (``bench/`` is
 on the path when a script runs, and in pytest's ``pythonpath``): a Prefect server for the
 whole script, files recorded in a ledger as the watcher would, one materialize run called
-in-process as the push runner calls it, and what every result file records (the commit,
+in-process as `eventpipe up` calls it, and what every result file records (the commit,
 whether the tree was clean, the load average, the machine).
 
 The pipelines below are loaded by spec (``bench/harness.py:<name>``). Importing this module
@@ -213,7 +213,7 @@ def requeue_done(data: Path, pipeline: str, ledger_url: str | None = None) -> in
 
 
 def run_flow(pipeline_spec: str, data: Path, **extra: Any) -> tuple[float, dict[str, Any]]:
-    """One materialize run executed in this process as the push runner executes it: the run
+    """One materialize run executed in this process as `eventpipe up` executes it: the run
     is created first (the deployment trigger's job, not timed), then run by Prefect's engine
     with no heartbeat thread; returns (seconds, the run's summary)."""
     from prefect.flow_engine import run_flow as execute

@@ -3,7 +3,7 @@ same N files pending again, same bytes, same code) and a run with nothing pendin
 
 The goal: the no-change run costs at most 5 % of the full run, and every stage says it was
 skipped (one ``eventpipe.asset.skipped`` per partition and per analytics asset, no task run).
-Each run is the deployment flow called in this process, as the push runner executes it; the
+Each run is the deployment flow called in this process, as `eventpipe up` executes it; the
 flow body's own time (the run summary's ``total``) is reported beside the wall time, which
 also holds Prefect's flow-run round trips to a server shared with the other engineers.
 

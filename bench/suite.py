@@ -88,7 +88,7 @@ FRESHNESS_LABELS = (
     ("worker (defaults", "worker path, the worker's defaults"),
     ("worker", "worker path"),
     ("baseline", "Prefect defaults (`flow.serve`)"),
-    ("push runner", "folder (`eventpipe up`)"),
+    ("(up, folder)", "folder (`eventpipe up`)"),
 )
 
 CHILD = """

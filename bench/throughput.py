@@ -4,7 +4,7 @@ Three ways to turn the same cached CSV into parquet, interleaved on the same mac
 
 * **flow run**: the real path. The file is recorded in a fresh ledger (as the watcher would
   record it), then the ``materialize`` flow runs against a real Prefect server, in this process
-  with the heartbeat thread off, as ``eventpipe up``'s push runner executes it: snapshot of the
+  with the heartbeat thread off, as ``eventpipe up`` executes it: snapshot of the
   raw file, ``read_frame``, schema check, the process step, the content-addressed parquet
   version and the published current partition, with its task runs, asset events and artifact.
 * **read + transform + write**: the same functions without Prefect: ``read_frame``,
@@ -121,7 +121,7 @@ def run_flow_once(csv: Path, work: Path) -> dict[str, Any]:
 
 @contextmanager
 def runner_like() -> Iterator[None]:
-    """What ``eventpipe up``'s push runner sets once for its life: no heartbeat thread (the
+    """What ``eventpipe up``'s worker thread sets once for its life: no heartbeat thread (the
     engine waits ~1 s for it after each run) and one API client for every run."""
     from prefect.context import SyncClientContext
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

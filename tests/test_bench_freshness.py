@@ -59,7 +59,7 @@ def test_the_eventpipe_worker_figure_is_held_to_its_goal(
     p50: float, p95: float, timeouts: int, met: bool
 ) -> None:
     rows = {
-        "eventpipe": summary("eventpipe (push runner)", 0.5, 0.8),
+        "eventpipe": summary("eventpipe (up, folder)", 0.5, 0.8),
         "eventpipe_worker": summary("eventpipe worker", p50, p95, timeouts),
         "worker": summary("worker (query 1 s, prefetch 0)", 7.0, 9.0),
         "baseline": summary("baseline (serve, defaults)", 10.0, 14.0),

@@ -43,7 +43,7 @@ def test_a_scripts_figures_become_rows() -> None:
 def test_freshness_rows_compare_each_path_with_prefect_defaults() -> None:
     result = {
         "summary": {
-            "eventpipe (push runner)": {"p50": 0.5, "p95": 2.0},
+            "eventpipe (up, folder)": {"p50": 0.5, "p95": 2.0},
             "eventpipe, S3 bucket (moto)": {"p50": 12.0, "p95": 13.0},
             "baseline (serve, defaults)": {"p50": 11.0, "p95": 19.0},
         },

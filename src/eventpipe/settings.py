@@ -95,9 +95,10 @@ class Settings(BaseSettings):
     )
     runs: Literal["here", "worker"] = Field(
         default="here",
-        description="Who executes the deployment's runs: 'here' (this process's push runner,"
-        " which registers the deployment) or 'worker' (a Prefect worker; the deployment comes"
-        " from `prefect deploy`, this process only watches, records and sends events).",
+        description="Who executes the deployment's runs: 'here' (this process, with the"
+        " eventpipe worker embedded; it registers the deployment) or 'worker' (a Prefect"
+        " worker; the deployment comes from `prefect deploy`, this process only watches,"
+        " records and sends events).",
     )
     task_runner: str = Field(
         default="threads",

@@ -1,7 +1,7 @@
 """The local loop, assembled: ``eventpipe up`` runs one; tests and benchmarks start one
 in-process. ``LocalLoop`` only starts services in order and stops them in reverse:
 
-    embedded server -> ledger + outbox pump -> runs (here: deployment, push runner; or the
+    embedded server -> ledger + outbox pump -> runs (here: deployment, embedded worker; or the
     view of a worker deployment) -> automations -> fetches -> intake (watcher) -> code
     watcher -> tending (janitor + stale check, every sweep)
 """
