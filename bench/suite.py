@@ -38,6 +38,8 @@ BENCH, REPO, RESULTS = harness.BENCH, harness.REPO, harness.RESULTS
 
 NUMBERS = {
     "freshness": "1",
+    "stream": "1b",
+    "trigger_floor": "1c",
     "rerun": "2",
     "incremental": "3",
     "throughput": "4",
@@ -51,6 +53,10 @@ NUMBERS = {
 
 PLACEHOLDERS: dict[str, list[tuple[str, str]]] = {
     "freshness": [("freshness p50 / p95: folder, S3, worker vs Prefect defaults", "faster")],
+    "stream": [
+        ("steady stream (2 files/s), freshness p50 / p95", "p50 <= 2x isolated, p95 <= 2 s")
+    ],
+    "trigger_floor": [("event -> trigger's run created, embedded server, p95", "<= 0.5 s")],
     "rerun": [("no-change re-run cost vs full run", "<= 5 %")],
     "incremental": [("one new file with 1000 partitions present vs with 10", "ratio <= 1.5")],
     "throughput": [("raw CSV -> processed parquet, 1M rows, vs DuckDB COPY", ">= 0.5x DuckDB")],

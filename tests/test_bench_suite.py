@@ -78,7 +78,7 @@ def test_markdown_table_escapes_cells_and_marks_misses() -> None:
 def test_every_figure_has_a_row_whatever_was_measured() -> None:
     rows = suite.collect({}, {})
 
-    assert {r.number for r in rows} == {"1", "2", "3", "4", "5", "6", "+"}
+    assert {r.number for r in rows} == {"1", "1b", "1c", "2", "3", "4", "5", "6", "+"}
 
 
 def test_a_missing_script_is_skipped_with_a_note() -> None:
