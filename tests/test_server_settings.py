@@ -7,6 +7,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +18,37 @@ from eventpipe.orchestration import prefect_server
 from eventpipe.orchestration.server import EmbeddedServer
 
 
+@contextmanager
+def write_locked(home: Path, seconds: float = 0.5) -> Iterator[None]:
+    """Another connection takes SQLite's write lock and lets it go after ``seconds`` (as the
+    event persister's flush does) while the body sends its request."""
+    database = sqlite3.connect(
+        home / "prefect.db", isolation_level=None, timeout=30, check_same_thread=False
+    )
+    try:
+        database.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(seconds, database.execute, ["COMMIT"])
+        release.start()
+        yield
+        release.join()
+    finally:
+        database.close()
+
+
 def create_run_while_the_database_is_locked(patched: bool, home: Path) -> tuple[int, float]:
-    """Another connection holds SQLite's write lock for 0.5 s while a deployment's run is
-    created (as the event persister's flush does): the answer's status and its seconds."""
+    """A deployment's run created while another connection holds the write lock for 0.5 s:
+    the answer's status and its seconds."""
     with EmbeddedServer(home, patched=patched) as server, httpx.Client(timeout=60) as http:
         flow = post(http, f"{server.api_url}/flows/", {"name": "noop"})
         deployment = post(
             http, f"{server.api_url}/deployments/", {"name": "d", "flow_id": flow["id"]}
         )
-        database = sqlite3.connect(
-            home / "prefect.db", isolation_level=None, timeout=30, check_same_thread=False
-        )
-        try:
-            database.execute("BEGIN IMMEDIATE")
-            release = threading.Timer(0.5, database.execute, ["COMMIT"])
-            release.start()
+        with write_locked(home):
             started = time.perf_counter()
             created = http.post(
                 f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", json={}
             )
             elapsed = time.perf_counter() - started
-            release.join()
-        finally:
-            database.close()
     return created.status_code, elapsed
 
 
@@ -80,20 +90,11 @@ def test_a_claim_waits_for_a_concurrent_writer_too(tmp_path: Path) -> None:
             http, f"{server.api_url}/deployments/", {"name": "d", "flow_id": flow["id"]}
         )
         run = post(http, f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", {})
-        database = sqlite3.connect(
-            home / "prefect.db", isolation_level=None, timeout=30, check_same_thread=False
-        )
-        try:
-            database.execute("BEGIN IMMEDIATE")
-            release = threading.Timer(0.5, database.execute, ["COMMIT"])
-            release.start()
+        with write_locked(home):
             claimed = http.post(
                 f"{server.api_url}/flow_runs/{run['id']}/set_state",
                 json={"state": {"type": "PENDING"}},
             )
-            release.join()
-        finally:
-            database.close()
     assert claimed.status_code == 201, claimed.text
     assert claimed.json()["status"] == "ACCEPT"
 
