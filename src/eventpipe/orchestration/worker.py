@@ -293,9 +293,6 @@ class EventpipeWorker(
         except Exception:
             log.exception("could not poll for flow runs")
 
-    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        return await super().get_and_submit_flow_runs()
-
     async def _get_scheduled_flow_runs(self) -> list[WorkerFlowRunResponse]:
         """The pool's due runs, but those of a paused deployment: Prefect's trigger still
         creates runs for one, and a process worker would execute them. They stay Scheduled
