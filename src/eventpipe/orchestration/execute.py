@@ -19,14 +19,20 @@ from prefect.logging.loggers import flow_run_logger
 from eventpipe.compat import run_deployment_flow_run
 
 
-def execute_flow_run(flow_run_id: UUID) -> State[Any]:
+def execute_flow_run(flow_run_id: UUID, entrypoint: str | None = None) -> State[Any]:
     """Read the flow run, import its deployment's flow (a module path: imported once per
-    process) and run it in this thread; its final state. The run must be claimed (Pending)."""
+    process) and run it in this thread; its final state. The run must be claimed (Pending).
+
+    ``entrypoint``: the deployment's, when the caller has just read the deployment and it has
+    no pull steps (one API call less); else the deployment is read here."""
     flow_run = load_flow_run(flow_run_id)
     # an adapter, as `python -m prefect.engine` passes it (typed as a Logger)
     run_logger = cast(logging.Logger, flow_run_logger(flow_run=flow_run))
     try:
-        flow = _load_flow(flow_run)
+        if entrypoint is not None:
+            flow: Flow[..., Any] = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+        else:
+            flow = _load_flow(flow_run)
     except Exception:
         run_logger.error("could not load the flow", exc_info=True)
         raise

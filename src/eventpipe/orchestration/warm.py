@@ -55,12 +55,17 @@ class Job:
     env: Mapping[str, str | None] = field(default_factory=dict)
     """Set (or, for None, unset) on top of the environment the process was started with."""
     cwd: str | None = None
+    entrypoint: str | None = None
+    """The deployment's flow, when the worker has just read it (no pull steps)."""
 
     def line(self) -> bytes:
-        return (
-            json.dumps({"flow_run_id": self.flow_run_id, "env": dict(self.env), "cwd": self.cwd})
-            + "\n"
-        ).encode()
+        job = {
+            "flow_run_id": self.flow_run_id,
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "entrypoint": self.entrypoint,
+        }
+        return (json.dumps(job) + "\n").encode()
 
 
 class WarmProcess:
@@ -303,7 +308,7 @@ def _job(job: dict[str, Any]) -> int:
             os.environ[name] = str(value)
     if job.get("cwd"):
         os.chdir(Path(job["cwd"]))
-    return _run(job["flow_run_id"], fresh_settings=changed)
+    return _run(job["flow_run_id"], fresh_settings=changed, entrypoint=job.get("entrypoint"))
 
 
 def _warm_up(specs: list[str]) -> None:
@@ -320,7 +325,7 @@ def _warm_up(specs: list[str]) -> None:
             warm_up(spec)
 
 
-def _run(flow_run_id: str, fresh_settings: bool = True) -> int:
+def _run(flow_run_id: str, fresh_settings: bool = True, entrypoint: str | None = None) -> int:
     """Execute the flow run as ``python -m prefect.engine`` does (signals handled, exit codes
     alike), with the settings of the environment as it is now (the job's variables were set
     after Prefect was imported: when they changed a Prefect setting, the settings are read
@@ -340,7 +345,7 @@ def _run(flow_run_id: str, fresh_settings: bool = True) -> int:
         run_id = UUID(flow_run_id)
         try:
             with handle_engine_signals(run_id):
-                execute_flow_run(run_id)
+                execute_flow_run(run_id, entrypoint)
         except SystemExit as exc:  # handle_engine_signals exits on Abort, Pause, errors
             _drain()
             return exc.code if isinstance(exc.code, int) else 1

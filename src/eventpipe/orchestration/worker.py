@@ -22,7 +22,10 @@ run (``eventpipe.orchestration.execute``).
 
 Everything else is the base worker's: the claim (propose Pending; ``Abort`` means another
 worker won), job variables, labels, the infrastructure pid, "Crashed" when the process
-exits without a final state, cancelling runs that have not started. A running run cancelled
+exits without a final state, cancelling runs that have not started. What a run waits for
+before it starts is cut to the calls that decide something: no Submitting state (the run
+starts at once), the worker's labels given while it starts, and its deployment read once
+per poll (the claim, the job configuration and the run itself reuse that read). A running run cancelled
 from the UI or the API is stopped here (its process session is killed) and marked Cancelled;
 ``timeout_seconds`` stops a run that runs too long; a worker asked to stop lets its runs
 finish.
@@ -42,14 +45,15 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import anyio
 import anyio.abc
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.client.schemas.responses import DeploymentResponse, WorkerFlowRunResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.exceptions import (
@@ -169,6 +173,9 @@ class EventpipeWorker(
         self._cancelled: set[UUID] = set()
         self._listener: asyncio.Task[None] | None = None
         self._told_paused: set[UUID] = set()
+        self._deployments: dict[UUID, tuple[float, DeploymentResponse]] = {}
+        """Each deployment as read (``time.monotonic()``, response) at the last poll that found
+        one of its runs."""
 
     # -- life ------------------------------------------------------------------------------
 
@@ -306,9 +313,9 @@ class EventpipeWorker(
             deployment_id = entry.flow_run.deployment_id
             if deployment_id is not None and deployment_id not in paused:
                 try:
-                    paused[deployment_id] = (
-                        await self.client.read_deployment(deployment_id)
-                    ).paused
+                    deployment = await super().client.read_deployment(deployment_id)
+                    self._deployments[deployment_id] = (time.monotonic(), deployment)
+                    paused[deployment_id] = deployment.paused
                 except ObjectNotFound:
                     paused[deployment_id] = False  # the base worker cancels such a run
             if deployment_id is not None and paused[deployment_id]:
@@ -322,6 +329,21 @@ class EventpipeWorker(
                 continue
             kept.append(entry)
         return kept
+
+    def _entrypoint(self, flow_run: FlowRun) -> str | None:
+        """The run's flow as its deployment was read when the run was found, for the run not to
+        read the deployment again; None (the run reads it) when it has pull steps."""
+        read = self._deployments.get(flow_run.deployment_id or UUID(int=0))
+        if read is None or read[1].pull_steps or not read[1].entrypoint:
+            return None
+        return read[1].entrypoint
+
+    @property
+    def client(self) -> PrefectClient:
+        """The API client, but a deployment the poll has just read is not read again: the base
+        worker reads a run's deployment to claim the run and again to resolve its job
+        configuration (two API calls before each run starts)."""
+        return cast(PrefectClient, _RecentDeployments(super().client, self._deployments))
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -354,6 +376,21 @@ class EventpipeWorker(
                 self._active.discard(flow_run.id)
         return claimed
 
+    async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
+        """No Submitting state: a warm process or a thread starts the run at once, and the
+        engine's Running follows Pending directly (one API call less before the run starts)."""
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        """The worker's labels, given while the run starts instead of before it."""
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._give_labels, flow_run_id)
+
+    async def _give_labels(self, flow_run_id: UUID) -> None:
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception:
+            log.warning("could not label flow run %s", flow_run_id, exc_info=True)
+
     # -- running ---------------------------------------------------------------------------
 
     async def run(
@@ -383,7 +420,7 @@ class EventpipeWorker(
             early = (due - datetime.now(UTC)).total_seconds()
             if early > 0:
                 await asyncio.sleep(early)
-        code, state = await lane.execute(flow_run.id)
+        code, state = await lane.execute(flow_run.id, self._entrypoint(flow_run))
         if self.on_finished is not None and state is not None:
             try:  # in a thread: the callback may read the state's result, a sync call
                 await anyio.to_thread.run_sync(self.on_finished, flow_run, state)
@@ -419,7 +456,8 @@ class EventpipeWorker(
         else:
             cwd = str(configuration.working_dir)
         try:
-            process.start_run(Job(str(flow_run.id), configuration.env, cwd))
+            job = Job(str(flow_run.id), configuration.env, cwd, self._entrypoint(flow_run))
+            process.start_run(job)
             if task_status is not None:
                 task_status.started(process.pid)
             code = await anyio.to_thread.run_sync(
@@ -490,13 +528,38 @@ class EventpipeWorker(
         raise InfrastructureNotFound(f"process {pid} is not one of this worker's runs")
 
 
+RECENT = 5.0
+"""Seconds for which a deployment read by the poll answers the claim's own reads."""
+
+
+class _RecentDeployments:
+    """A client whose ``read_deployment`` answers from reads at most :data:`RECENT` s old."""
+
+    def __init__(
+        self, client: PrefectClient, reads: dict[UUID, tuple[float, DeploymentResponse]]
+    ) -> None:
+        self._client = client
+        self._reads = reads
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def read_deployment(self, deployment_id: UUID) -> DeploymentResponse:
+        read = self._reads.get(deployment_id)
+        if read is not None and time.monotonic() - read[0] <= RECENT:
+            return read[1]
+        return await self._client.read_deployment(deployment_id)
+
+
+_LaneJob = tuple[UUID, str | None, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
 class _Lane:
     """One thread executing one deployment's runs, one at a time, in a warm engine (one API
     client for all runs, no heartbeat thread: see ``compat.warm_engine``)."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[tuple[UUID, asyncio.AbstractEventLoop, asyncio.Future[Any]] | None]
-        self._jobs = queue.Queue()
+        self._jobs: queue.Queue[_LaneJob | None] = queue.Queue()
         self._over: dict[UUID, asyncio.Event] = {}
         self._thread = threading.Thread(
             target=self._serve, name=f"eventpipe-run-{name}", daemon=True
@@ -507,13 +570,13 @@ class _Lane:
         """``run_id`` is to execute here: :meth:`wait_over` waits for it from now on."""
         self._over.setdefault(run_id, asyncio.Event())
 
-    async def execute(self, run_id: UUID) -> tuple[int, Any]:
+    async def execute(self, run_id: UUID, entrypoint: str | None = None) -> tuple[int, Any]:
         """Run ``run_id`` on this lane's thread: its exit code (0: the engine reported a final
         state; 1: it raised) and its final state."""
         loop = asyncio.get_running_loop()
         over = self._over.setdefault(run_id, asyncio.Event())
         done: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((run_id, loop, done))
+        self._jobs.put((run_id, entrypoint, loop, done))
         try:
             return 0, await done
         except Exception:
@@ -535,9 +598,9 @@ class _Lane:
                 job = self._jobs.get()
                 if job is None:
                     return
-                run_id, loop, done = job
+                run_id, entrypoint, loop, done = job
                 try:
-                    result: Any = execute_flow_run(run_id)
+                    result: Any = execute_flow_run(run_id, entrypoint)
                 except BaseException as exc:  # SystemExit from the engine included
                     error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
                     loop.call_soon_threadsafe(_settle, done, None, error)
