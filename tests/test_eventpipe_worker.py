@@ -275,6 +275,10 @@ def test_two_eventpipe_workers_run_files_into_analytics_in_warm_processes(setup:
     # processes of the two workers take turns.
     assert len({r["run"] for r in records}) == 3
     assert any("submitting flow run" in w.output() for w in setup.workers)
+    # Each run carries the labels of the worker that ran it (given while the run starts).
+    for run in runs_of(setup.deployment_id):
+        assert run.labels.get("prefect.worker.type") == "eventpipe", run.labels
+        assert run.labels.get("prefect.work-pool.name") == setup.pool, run.labels
 
 
 @pytest.mark.slow
