@@ -57,6 +57,8 @@ class Harness:
     pipeline_file: Path
     flag: Path
     expects: str = "None"
+    module: str = SALES_PIPELINE
+    """The pipeline module's source (``str.format`` fields: name, flag, factor, expects)."""
     extra_prefixes: tuple[str, ...] = ()
     """More resource-id prefixes that are this test's (e.g. its bucket's asset keys)."""
 
@@ -132,9 +134,7 @@ class Harness:
 
     def edit_pipeline(self, factor: float) -> None:
         self.pipeline_file.write_text(
-            SALES_PIPELINE.format(
-                name=self.name, flag=self.flag, factor=factor, expects=self.expects
-            )
+            self.module.format(name=self.name, flag=self.flag, factor=factor, expects=self.expects)
         )
 
 
@@ -146,17 +146,17 @@ def running_loop(
     *,
     expects: str = "None",
     name: str | None = None,
+    module: str = SALES_PIPELINE,
     **settings: Any,
 ) -> Iterator[Harness]:
-    """A loop running the sales pipeline; ``expects`` is the ``cleaned`` step's ``expects=``
-    (Python source, ``Schema`` in scope) and ``settings`` override the test settings. A
-    ``name`` already used under the same ``root`` restarts that loop where it stopped."""
+    """A loop running the sales pipeline (or the pipeline module ``module``, with the same
+    format fields); ``expects`` is the ``cleaned`` step's ``expects=`` (Python source,
+    ``Schema`` in scope) and ``settings`` override the test settings. A ``name`` already used
+    under the same ``root`` restarts that loop where it stopped."""
     name = name or "t" + uuid.uuid4().hex[:10]
     flag = root / "service-down"
     pipeline_file = root / "sales_pipeline.py"
-    pipeline_file.write_text(
-        SALES_PIPELINE.format(name=name, flag=flag, factor=factor, expects=expects)
-    )
+    pipeline_file.write_text(module.format(name=name, flag=flag, factor=factor, expects=expects))
     test_settings = {
         "pipeline": f"{pipeline_file}:pipeline",
         "inbox": root / "inbox",
@@ -175,6 +175,7 @@ def running_loop(
         pipeline_file=pipeline_file,
         flag=flag,
         expects=expects,
+        module=module,
     )
     try:
         yield harness

@@ -108,7 +108,7 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     loop.wait_file_state("later.csv", "failed")
     page = pager.wait("Failed")
     assert "ended Failed" in page["body"]
-    assert "EventpipeError: 1 file(s) failed in pipeline" in page["body"]
+    assert f"EventpipeError: pipeline '{loop.name}': 1 file(s) failed" in page["body"]
     assert "/runs/flow-run/" in page["body"]
 
     page = pager.wait("is stale")  # revenue_by_day lacks later.csv, failed long enough ago
@@ -119,6 +119,20 @@ def test_rejected_files_failed_runs_and_stale_assets_page_on_call(
     # Applying again finds the same five automations and changes none of them.
     again = loop.loop.apply_automations()
     assert [what for _, what in again] == ["unchanged"] * 5
+
+
+def test_a_failing_analytics_step_pages_on_call(
+    prefect_server: EmbeddedServer, tmp_path: Path, pager: Pager
+) -> None:
+    from tests.test_semantics import TWO_STEPS
+
+    with running_loop(prefect_server, tmp_path, module=TWO_STEPS, notify_webhook=pager.url) as loop:
+        loop.flag.touch()  # the analytics step `checked` raises
+        loop.drop("day1.csv", "day,amount\n2026-01-01,10\n")
+        loop.wait_file_state("day1.csv", "done")
+        page = pager.wait("Failed")
+        assert "ended Failed" in page["body"]
+        assert "analytics checked failed and keep their last good version" in page["body"]
 
 
 def test_files_landing_with_no_run_coming_page_on_call(

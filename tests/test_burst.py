@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from eventpipe.orchestration.server import EmbeddedServer
@@ -13,6 +18,21 @@ from eventpipe.testing import wait_for
 from tests.loop_harness import running_loop
 
 FILES = 1000
+
+
+def staged(root: Path, count: int, day: Callable[[int], str]) -> Path:
+    """``count`` one-row files (file ``i``: day ``day(i)``, amount ``i``), ready to move in."""
+    staging = root / "staging"
+    staging.mkdir()
+    for i in range(count):
+        (staging / f"burst-{i:04d}.csv").write_text(f"day,amount\n{day(i)},{i}\n")
+    return staging
+
+
+def move_all(staging: Path, inbox: Path) -> None:
+    """Every staged file into the inbox at once, each complete when it appears."""
+    for name in sorted(os.listdir(staging)):
+        os.replace(staging / name, inbox / name)
 
 
 @pytest.mark.slow
@@ -23,14 +43,10 @@ def test_a_burst_of_files_is_processed_once_by_few_runs(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    for i in range(FILES):
-        (staging / f"burst-{i:04d}.csv").write_text(f"day,amount\n2026-02-01,{i}\n")
+    staging = staged(tmp_path, FILES, lambda i: "2026-02-01")
     with running_loop(prefect_server, tmp_path) as loop:
         started = time.monotonic()
-        for name in sorted(os.listdir(staging)):  # all at once, each complete when it appears
-            os.replace(staging / name, loop.inbox / name)
+        move_all(staging, loop.inbox)
 
         def all_done() -> bool:
             return loop.ledger.counts(loop.name).get("done", 0) == FILES
@@ -57,3 +73,56 @@ def test_a_burst_of_files_is_processed_once_by_few_runs(
         # stall it): that run is Crashed and its files are taken once more by the next run.
         assert all(r.attempts <= 1 + crashed for r in rows)
         assert len(runs) <= 20
+
+
+READ_FILES = 200
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_readers_of_the_outputs_see_only_whole_versions_while_a_burst_lands(
+    prefect_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    staging = staged(tmp_path, READ_FILES, lambda i: f"2026-02-{1 + i % 28:02d}")
+    with running_loop(prefect_server, tmp_path) as loop:
+        current = loop.data / "analytics" / loop.name / "revenue_by_day.parquet"
+        partition = loop.partition_path("burst-0000.csv")
+        reads: dict[Path, list[str]] = {current: [], partition: []}
+        unreadable: list[str] = []
+        stop = threading.Event()
+
+        def read_outputs() -> None:
+            while not stop.is_set():
+                for path, digests in reads.items():
+                    try:
+                        data = path.read_bytes()
+                    except FileNotFoundError:
+                        continue  # not published yet
+                    try:
+                        pq.read_table(io.BytesIO(data))
+                    except Exception as exc:
+                        unreadable.append(f"{path.name}: {exc!r}")
+                    digests.append(hashlib.sha256(data).hexdigest())
+
+        reader = threading.Thread(target=read_outputs, daemon=True)
+        reader.start()
+        move_all(staging, loop.inbox)
+        wait_for(
+            lambda: loop.ledger.counts(loop.name).get("done", 0) == READ_FILES,
+            300,
+            interval=0.2,
+            what=f"all {READ_FILES} files to be done",
+        )
+        loop.wait_idle()
+        stop.set()
+        reader.join(10)
+
+        assert not unreadable, unreadable[:5]
+        assert loop.analytics("revenue_by_day")["amount"].sum() == sum(range(READ_FILES))
+        versions = loop.data / "versions" / loop.name
+        for path, step in ((current, "revenue_by_day"), (partition, "cleaned")):
+            stored = (versions / step).iterdir()
+            whole = {hashlib.sha256(v.read_bytes()).hexdigest() for v in stored}
+            assert len(reads[path]) > 20, (path, len(reads[path]))  # it was read meanwhile
+            assert set(reads[path]) <= whole, path  # every read was a version, whole
+        assert len(set(reads[current])) > 1  # and the reads saw the analytics change

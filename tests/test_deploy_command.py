@@ -132,7 +132,10 @@ def test_deploy_registers_the_deployment_its_trigger_and_the_crash_automation_on
     (trigger,) = project.triggers()
     assert trigger.name == f"{project.name}: file landed"
     assert trigger.enabled
-    assert trigger.trigger.model_dump()["expect"] == {"eventpipe.file.landed"}
+    assert trigger.trigger.model_dump()["expect"] == {
+        "eventpipe.file.landed",
+        "eventpipe.file.retracting",
+    }
     (crash,) = project.automations("run unresponsive")
     assert crash.actions[0].model_dump()["state"] == "CRASHED"
     watched = json.dumps(crash.trigger.model_dump(mode="json"))

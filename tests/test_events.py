@@ -60,6 +60,13 @@ BUILDERS: dict[str, Callable[[], build.Built | None]] = {
     "pipeline_completed_event": lambda: build.pipeline_completed_event("sales", RUN, {"files": 1}),
     "file_failed_event": lambda: build.file_failed_event(ROW, "ZeroDivisionError", RUN),
     "fetch_skipped_event": lambda: build.fetch_skipped_event("sales", "orders", RUN, "304"),
+    "asset_failed_event": lambda: build.asset_failed_event(
+        "sales", RUN, KEY, "revenue", "ValueError: no <b>days</b>", "v1"
+    ),
+    "retraction_event": lambda: build.retraction_event("retracting", ROW),
+    "retracted_event": lambda: build.retracted_event(
+        ROW, [{"step": "cleaned", "partition": "2024 jan.csv", "version": "v1"}], RUN
+    ),
 }
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -571,3 +575,45 @@ def test_a_run_is_on_its_way_while_an_announced_file_is_unclaimed(ledger: Ledger
     ledger.record_landed(PIPELINE, landed("c.csv", b"a\n3\n"), landed_event)
     ledger.mark_sent([event_id for event_id, _, _ in ledger.unsent()])
     assert not ledger.run_on_its_way(PIPELINE, within=-1.0)  # announced too long ago: wake
+
+
+def test_one_up_holds_a_pipeline_until_it_lets_go_or_is_no_longer_heard(ledger: Ledger) -> None:
+    assert ledger.hold(PIPELINE, "host-a", 100, stale_after=30) is None
+    other = ledger.hold(PIPELINE, "host-b", 200, stale_after=30)
+    assert other is not None
+    assert (other.pipeline, other.host, other.pid) == (PIPELINE, "host-a", 100)
+    assert str(other) == "host host-a, pid 100"
+    assert ledger.hold("another-pipeline", "host-b", 200, stale_after=30) is None  # per pipeline
+    assert ledger.hold(PIPELINE, "host-a", 100, stale_after=30) is None  # the holder again
+    assert ledger.beat(PIPELINE, "host-a", 100)
+    assert not ledger.beat(PIPELINE, "host-b", 200)
+
+    # Not heard for longer than stale_after: taken over; the old holder's beats then fail.
+    assert ledger.hold(PIPELINE, "host-b", 200, stale_after=0) is None
+    assert not ledger.beat(PIPELINE, "host-a", 100)
+    holder = ledger.holder(PIPELINE)
+    assert holder is not None
+    assert (holder.host, holder.pid) == ("host-b", 200)
+
+    ledger.let_go(PIPELINE, "host-a", 100)  # not the holder: changes nothing
+    assert ledger.holder(PIPELINE) == holder
+    ledger.let_go(PIPELINE, "host-b", 200)
+    assert ledger.holder(PIPELINE) is None
+
+
+def test_a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once(
+    ledger: Ledger,
+) -> None:
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert ledger.hold(PIPELINE, host, gone.pid, stale_after=3600) is None
+    alive = ledger.hold(PIPELINE, host, os.getpid(), stale_after=3600)
+    assert alive is None
+    holder = ledger.holder(PIPELINE)
+    assert holder is not None
+    assert holder.pid == os.getpid()
+    # ... while a live process on this host keeps it
+    other = ledger.hold(PIPELINE, host, gone.pid, stale_after=3600)
+    assert other is not None
+    assert other.pid == os.getpid()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 
 from eventpipe.core.keys import asset_key, file_uri
 from eventpipe.intake.record import requeue_failed
+from eventpipe.ledger import Ledger
 from eventpipe.orchestration.server import EmbeddedServer
 from eventpipe.testing import wait_for
 from tests.loop_harness import Harness, running_loop
+from tests.test_cli import eventpipe
 
 DAY1 = """
     day,amount
@@ -274,3 +277,24 @@ def test_stopping_pauses_the_deployment_and_its_trigger(
         )
     assert automations
     assert not any(a.enabled for a in automations)  # no runs pile up while nothing runs them
+
+
+def test_a_second_up_of_the_pipeline_on_its_ledger_is_refused_naming_the_first(
+    prefect_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    with running_loop(prefect_server, tmp_path) as loop:
+        argv = ["--pipeline", f"{loop.pipeline_file}:pipeline", "--inbox", str(loop.inbox)]
+        argv += ["--data", str(loop.data), "--api-url", prefect_server.api_url]
+        second = eventpipe("up", *argv, cwd=tmp_path)
+        said = second.stdout + second.stderr
+        assert second.returncode != 0, said
+        assert f"pipeline {loop.name!r} is already up on ledger" in said, said
+        assert f"host {socket.gethostname()}, pid {os.getpid()}" in said, said
+        assert "Traceback" not in said, said
+        # the first goes on as before
+        loop.drop("day1.csv", DAY1)
+        loop.wait_file_state("day1.csv", "done")
+        assert revenue(loop) == {"2026-01-01": 15.0, "2026-01-02": 7.0}
+        assert loop.loop.ledger.holder(loop.name) is not None
+    with Ledger.in_data_dir(loop.data) as ledger:  # stopped: it let go
+        assert ledger.holder(loop.name) is None

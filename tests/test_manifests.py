@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from eventpipe.core.names import WAKING_EVENTS
 from eventpipe.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -686,7 +687,8 @@ def test_the_image_has_the_ledgers_driver() -> None:
 
 
 def test_each_prefect_yaml_deployment_wakes_on_its_own_pipeline() -> None:
-    """One deployment per pipeline: named after it, triggered by its landed files, with the
+    """One deployment per pipeline: named after it, triggered by its landed (and retracting)
+    files, with the
     data dir and project dir left to the environment."""
     config = prefect_yaml()
     pull = config["pull"][0]["prefect.deployments.steps.set_working_directory"]
@@ -697,7 +699,9 @@ def test_each_prefect_yaml_deployment_wakes_on_its_own_pipeline() -> None:
         assert deployment["entrypoint"] == "eventpipe.flows.materialize_pipeline"
         assert deployment["parameters"]["data"] == "{{ $EVENTPIPE_DATA }}"
         (trigger,) = deployment["triggers"]
-        assert trigger["expect"] == ["eventpipe.file.landed"]
+        # the events that wake a run, as `eventpipe up` and `eventpipe deploy` register them
+        assert trigger["expect"] == ["eventpipe.file.landed", "eventpipe.file.retracting"]
+        assert set(trigger["expect"]) == set(WAKING_EVENTS)
         assert trigger["match"] == {"eventpipe.pipeline": pipeline.name, "eventpipe.wake": "true"}
 
 

@@ -443,3 +443,116 @@ def test_an_explicit_version_is_the_code_version(tmp_path: Path) -> None:
 
     assert before.steps["orders"].code_version == "2024.1"
     assert after.steps["orders"].code_version == "2024.1"
+
+
+HELPED = """
+import pandas as pd
+
+from eventpipe import Pipeline
+import {helpers}
+from {helpers} import Rates
+
+pipeline = Pipeline("helped")
+
+
+@pipeline.process
+def orders(raw: pd.DataFrame) -> pd.DataFrame:
+    return tidy(raw)
+
+
+@pipeline.process
+def refunds(raw: pd.DataFrame) -> pd.DataFrame:
+    return raw[raw["amount"] < 0]
+
+
+@pipeline.analytics
+def revenue(orders: pd.DataFrame) -> pd.DataFrame:
+    return {helpers}.total(orders) * Rates().factor()
+
+
+def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.dropna().head(LIMIT)
+
+
+LIMIT = 100
+"""
+
+HELPERS = """
+FEE = 0.1
+
+
+def total(frame):
+    return frame[["amount"]].sum() * (1 - FEE)
+
+
+class Rates:
+    def factor(self):
+        return 2
+"""
+
+
+@pytest.fixture
+def helped(tmp_path: Path, package_name: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pipeline file using a helper and a constant of its own, and a module of helpers."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / f"{package_name}.py").write_text(HELPERS)
+    path = tmp_path / "helped.py"
+    path.write_text(HELPED.format(helpers=package_name))
+    return path
+
+
+def versions_of(pipeline: Pipeline) -> dict[str, str]:
+    return {name: step.code_version for name, step in pipeline.steps.items()}
+
+
+def test_a_code_version_covers_the_helpers_and_constants_of_its_own_file(helped: Path) -> None:
+    spec = f"{helped}:pipeline"
+    first = versions_of(load_pipeline(spec))
+    assert versions_of(load_pipeline(spec)) == first  # stable
+
+    source = helped.read_text()
+    helped.write_text(source.replace("LIMIT = 100", "LIMIT = 50"))  # a constant the helper reads
+    limit = versions_of(load_pipeline(spec))
+    helped.write_text(source.replace("dropna().head", "dropna().tail"))  # the helper itself
+    tail = versions_of(load_pipeline(spec))
+
+    for edited in (limit, tail):
+        assert edited["orders"] != first["orders"]  # the step that uses it
+        assert edited["refunds"] == first["refunds"]  # not the others
+        assert edited["revenue"] == first["revenue"]
+    assert limit["orders"] != tail["orders"]
+
+
+def test_a_code_version_covers_the_functions_classes_and_constants_of_user_modules(
+    helped: Path, package_name: str
+) -> None:
+    from eventpipe.run.context import cached_pipeline
+
+    spec = f"{helped}:pipeline"
+    pipeline = cached_pipeline(spec)
+    first = versions_of(pipeline)
+    helpers = str((helped.parent / f"{package_name}.py").resolve())
+    assert helpers in pipeline.code_files  # what `up` watches
+    assert str(helped.resolve()) in pipeline.code_files
+    assert not any("site-packages" in f or "/eventpipe/" in f for f in pipeline.code_files)
+
+    module = helped.parent / f"{package_name}.py"
+    for old, new in [("FEE = 0.1", "FEE = 0.2"), ("return 2", "return 3")]:
+        module.write_text(module.read_text().replace(old, new))
+        now = versions_of(cached_pipeline(spec))  # the edited module is reloaded
+        assert now["revenue"] != first["revenue"], old
+        assert now["orders"] == first["orders"], old
+        assert now["refunds"] == first["refunds"], old
+        first = now
+    assert cached_pipeline(spec) is cached_pipeline(spec)  # nothing changed: not reloaded
+
+
+def test_what_installed_packages_provide_is_not_part_of_a_code_version() -> None:
+    from eventpipe.codeversion import code_digest
+
+    def step(raw: pd.DataFrame) -> pd.DataFrame:
+        return pd.concat([raw, textwrap.dedent("x")])  # type: ignore[list-item]
+
+    digest, files = code_digest(step)
+    assert files == (str(Path(__file__).resolve()),)
+    assert len(digest) == 16

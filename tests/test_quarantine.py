@@ -52,7 +52,11 @@ def assert_quarantined(h: Harness, relative: str, *words: str) -> str:
         assert word in reason, (relative, reason)
     assert_readable(reason)
     target, note = quarantined(h, relative)
-    assert target.exists() or target.is_symlink()
+    if "symlink_to" in note:  # a link is recorded by its note alone
+        assert not os.path.lexists(target), target
+    else:
+        assert not target.is_symlink(), target
+        assert target.is_file(), target
     assert note["reason"] == reason
     source = h.inbox / relative
     assert not os.path.lexists(source), relative
@@ -79,7 +83,10 @@ def assert_rejected_events(h: Harness, relatives: list[str]) -> list[dict[str, A
         row = h.file(name)
         assert row is not None
         assert event["payload"]["reason"] == row.reason
-        assert event["payload"]["quarantined_to"] == str(quarantined(h, name)[0])
+        target, note = quarantined(h, name)
+        if "symlink_to" in note:  # a link is recorded by its note alone: that is where it is
+            target = target.with_name(target.name + ".reason.json")
+        assert event["payload"]["quarantined_to"] == str(target)
     return events
 
 
@@ -153,6 +160,12 @@ def test_links_out_of_the_inbox_unknown_types_and_oversized_files_are_refused_un
             "max_file_bytes",
         )
         assert outside.read_text().endswith("999\n")  # the link's target was never touched
+        _, note = quarantined(loop, "link.csv")
+        assert note["symlink_to"] == str(outside)
+        # Nothing under the data dir points outside it: every path is a file or a directory.
+        for path in loop.data.rglob("*"):
+            assert not path.is_symlink(), path
+            assert path.is_file() or path.is_dir(), path
         assert loop.analytics("revenue_by_day")["amount"].tolist() == [10.0]
         assert_rejected_events(loop, ["link.csv", "notes.txt", "big.csv"])
 

@@ -344,3 +344,35 @@ def test_outputs_are_published_to_a_bucket_too(
         body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
         published = pd.read_parquet(io.BytesIO(body))
         pd.testing.assert_frame_equal(published, loop.analytics("revenue_by_day"))
+
+
+def test_with_on_delete_retract_a_deleted_object_leaves_the_outputs_even_while_stopped(
+    prefect_server: EmbeddedServer, tmp_path: Path, bucket: Bucket
+) -> None:
+    def revenue(h: Harness) -> dict[str, float]:
+        frame = h.analytics("revenue_by_day")
+        return dict(zip(frame["day"], frame["amount"], strict=True))
+
+    with bucket_loop(prefect_server, tmp_path, bucket, on_delete="retract") as loop:
+        bucket.put("a.csv", DAY1)
+        bucket.put("b.csv", DAY2)
+        loop.wait_file_state("a.csv", "done")
+        loop.wait_file_state("b.csv", "done")
+        wait_for(lambda: revenue(loop) == {"2026-01-01": 17.0, "2026-01-02": 5.0}, 60)
+
+        bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.prefix + "a.csv")  # notified
+        loop.wait_file_state("a.csv", "retracted")
+        wait_for(lambda: revenue(loop) == {"2026-01-01": 7.0}, 60, what="a.csv retracted")
+        assert loop.asset_version("cleaned", "a.csv") is None
+        name = loop.name
+    # Deleted while stopped, its notification lost: the listing at start finds it.
+    bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.prefix + "b.csv")
+    bucket.sqs.purge_queue(QueueUrl=bucket.queue_url)
+    with bucket_loop(prefect_server, tmp_path, bucket, name=name, on_delete="retract") as loop:
+        loop.wait_file_state("b.csv", "retracted")
+        wait_for(lambda: loop.asset_version("revenue_by_day") is None, 60, what="no data left")
+        events = loop.wait_events(lambda found: len(found) == 2, "eventpipe.file.retracted")
+        assert sorted(e["resource"]["prefect.resource.name"] for e in events) == [
+            "a.csv",
+            "b.csv",
+        ]

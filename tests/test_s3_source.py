@@ -44,10 +44,13 @@ def test_keys_are_decoded_with_unquote_plus() -> None:
     ]
 
 
-def test_test_events_removals_and_foreign_messages_name_no_object() -> None:
+def test_test_events_and_foreign_messages_name_no_object_and_removals_are_told_apart() -> None:
     assert parse_notification(json.dumps({"Event": "s3:TestEvent", "Bucket": "b"})) is None
     assert parse_notification("not json") is None
-    assert parse_notification(notification("in/a.csv", event="ObjectRemoved:Delete")) == []
+    assert parse_notification(notification("in/a.csv", event="ObjectRemoved:Delete")) == [
+        ObjectNotice("in/a.csv", "abc", 3, removed=True)
+    ]
+    assert parse_notification(notification("in/a.csv", event="ObjectRestore:Post")) == []
 
 
 @pytest.mark.parametrize(

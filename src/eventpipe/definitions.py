@@ -4,13 +4,12 @@ that collects and checks them is in ``eventpipe.pipeline``."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
+
+from eventpipe.codeversion import code_digest
 
 if TYPE_CHECKING:  # only annotations here: importing pandas costs ~0.5 s
     import pandas as pd
@@ -42,12 +41,19 @@ class Step:
     """Map/combine analytics: ``fn`` runs once per partition (cached), ``combine`` merges
     the partial results."""
     code_version: str = field(init=False, default="")
+    """``version`` if given, else a digest of the step's code and of the user's functions,
+    classes and constants it uses (``eventpipe.codeversion``)."""
+    code_files: tuple[str, ...] = field(init=False, default=())
+    """The files of the user's modules that code is in (what ``up`` watches for edits)."""
 
     def __post_init__(self) -> None:
-        digest = _source_digest(self.fn)
-        if self.combine is not None:
-            digest = hashlib.sha256(f"{digest}+{_source_digest(self.combine)}".encode()).hexdigest()
-            digest = digest[:16]
+        self.refresh_code_version()
+
+    def refresh_code_version(self) -> None:
+        """Compute the code version again: once the whole module is executed, helpers defined
+        below the step are found too (``Pipeline.validate`` calls this)."""
+        fns = (self.fn,) if self.combine is None else (self.fn, self.combine)
+        digest, self.code_files = code_digest(*fns)
         self.code_version = self.version or digest
 
 
@@ -77,11 +83,3 @@ class Fetch:
             return f"cron {self.schedule!r} ({self.timezone})"
         assert self.interval is not None
         return f"every {self.interval.total_seconds():g} s"
-
-
-def _source_digest(fn: Callable[..., Any]) -> str:
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError):
-        source = fn.__qualname__ + repr(getattr(fn, "__code__", None) and fn.__code__.co_code)
-    return hashlib.sha256(source.encode()).hexdigest()[:16]

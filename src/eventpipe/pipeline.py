@@ -17,6 +17,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from eventpipe.codeversion import PIPELINE_MODULE_PREFIX
 from eventpipe.definitions import FETCH_FORMATS, Fetch, Schema, Step, StepKind
 from eventpipe.exceptions import PipelineDefinitionError
 
@@ -306,8 +307,16 @@ class Pipeline:
             frontier = nxt
         return found
 
+    @property
+    def code_files(self) -> tuple[str, ...]:
+        """The files of the user's modules its steps' code is in (real paths)."""
+        return tuple(sorted({f for step in self.steps.values() for f in step.code_files}))
+
     def validate(self) -> None:
-        """Check the graph: every parameter names a step, no cycles, at least one process step."""
+        """Check the graph: every parameter names a step, no cycles, at least one process
+        step; compute the steps' code versions now that their module is fully executed."""
+        for step in self.steps.values():
+            step.refresh_code_version()
         if not self.process_steps:
             raise PipelineDefinitionError(
                 f"pipeline {self.name!r} has no @pipeline.process step; "
@@ -380,7 +389,7 @@ def load_pipeline(spec: str) -> Pipeline:
         path = Path(target).resolve()
         if not path.is_file():
             raise PipelineDefinitionError(f"pipeline file {path} does not exist")
-        module_name = "eventpipe_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        module_name = PIPELINE_MODULE_PREFIX + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         file_spec = importlib.util.spec_from_file_location(module_name, path)
         if file_spec is None or file_spec.loader is None:
             raise PipelineDefinitionError(f"cannot import {path}")

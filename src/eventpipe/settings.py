@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the inbox is rescanned for files the watcher missed.",
     )
+    on_delete: Literal["keep", "retract"] = Field(
+        default="keep",
+        description="What a file deleted from the inbox (or the bucket) means: 'keep' (the"
+        " inbox is a queue: its outputs stay) or 'retract' (its partitions leave the outputs"
+        " and the analytics are computed without them; dropping it again restores it).",
+    )
     runs: Literal["here", "worker"] = Field(
         default="here",
         description="Who executes the deployment's runs: 'here' (this process, with the"
@@ -125,7 +131,8 @@ class Settings(BaseSettings):
     )
     queue: str | None = Field(
         default=None,
-        description="SQS queue (URL or name) receiving the bucket's ObjectCreated notifications.",
+        description="SQS queue (URL or name) receiving the bucket's ObjectCreated (and"
+        " ObjectRemoved) notifications.",
     )
     endpoint_url: str | None = Field(
         default=None, description="S3/SQS endpoint for S3-compatible stores (MinIO, moto, ...)."

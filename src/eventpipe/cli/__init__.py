@@ -2,9 +2,9 @@
 ``eventpipe.toml``; the flags and their help are :class:`~eventpipe.settings.Settings`' fields.
 
 One module per command group: ``loop`` (up, run), ``inspect`` (status, versions, explain,
-retry), ``lineage`` (lineage, ui), ``setup`` (setup-s3, automations apply), ``deploy`` (deploy);
-``common`` holds what they share. This module assembles the app and turns eventpipe's errors
-into one line.
+retry, retract), ``lineage`` (lineage, ui), ``setup`` (setup-s3, automations apply),
+``deploy`` (deploy); ``common`` holds what they share. This module assembles the app and
+turns eventpipe's errors into one line.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ app.command(deploy.deploy)
 app.command(inspect.status)
 app.command(inspect.versions)
 app.command(inspect.retry)
+app.command(inspect.retract)
 app.command(inspect.explain)
 app.command(lineage.lineage)
 app.command(lineage.ui)

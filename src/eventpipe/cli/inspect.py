@@ -49,16 +49,18 @@ def status(
         return
     for name, body in report.items():
         table = Table(title=f"pipeline {name}: assets")
-        for col in ("asset", "kind", "version", "updated (UTC)", "rows", "partitions"):
+        cols = ("asset", "kind", "version", "updated (UTC)", "rows", "partitions", "failing")
+        for col in cols:
             table.add_column(col)
         for a in body["assets"]:
             table.add_row(
                 a["name"],
                 a["kind"],
                 a["version"] or "-",
-                when(a["updated_at"]),
+                when(a["updated_at"]) if a["updated_at"] is not None else "-",
                 str(a["rows"]),
                 str(a["partitions"]) if a["kind"] == "processed" else "-",
+                a["failing"] or "",
             )
         console.print(table)
         file_table = Table(title=f"pipeline {name}: files")
@@ -84,11 +86,26 @@ def pipeline_report(ledger: Ledger, pipeline: str) -> dict[str, Any]:
                 "updated_at": row.updated_at,
                 "rows": 0,
                 "partitions": 0,
+                "failing": None,
             },
         )
         entry["rows"] += row.rows
         entry["partitions"] += 1 if row.kind == "processed" else 0
         entry["updated_at"] = max(entry["updated_at"], row.updated_at)
+    for failure in ledger.failures(pipeline).values():
+        entry = assets.setdefault(
+            failure.name,
+            {
+                "name": failure.name,
+                "kind": "analytics",
+                "key": None,
+                "version": None,
+                "updated_at": None,
+                "rows": 0,
+                "partitions": 0,
+            },
+        )
+        entry["failing"] = failure.reason  # its version (if any) is the last good one
     files = [
         {
             "file": f.relative,
@@ -151,7 +168,9 @@ def retry(
     pipeline: Annotated[str | None, Parameter(help="Only this pipeline (its name).")] = None,
     settings: Annotated[Settings | None, DATA_SETTINGS] = None,
 ) -> None:
-    """Queue every failed file again; a running `eventpipe up` picks them up within a second."""
+    """Queue every failed file again (a running `eventpipe up` picks them up within a
+    second), and let the next run compute failing analytics again even if their inputs and
+    code have not changed."""
     # Imported here: `eventpipe --help` need not load the intake.
     from eventpipe.intake.record import requeue_failed
 
@@ -159,6 +178,52 @@ def retry(
     names = [pipeline] if pipeline else ledger.pipelines()
     count = sum(requeue_failed(ledger, name) for name in names)
     console.print(f"{count} file(s) queued again")
+    assets = sum(ledger.clear_failures(name) for name in names)
+    if assets:
+        console.print(f"{assets} failing analytics asset(s) will be computed again by the next run")
+
+
+def retract(
+    *files: str,
+    pipeline: PipelineFilter = None,
+    settings: Annotated[Settings | None, DATA_SETTINGS] = None,
+) -> None:
+    """Take files' data out of the outputs: their partitions are removed (their versions stay)
+    and the analytics computed without them, by the next run (a running `eventpipe up` starts
+    it within a second). What a deletion does with on_delete = retract, in either mode.
+
+    Parameters
+    ----------
+    files
+        Each file's path in the inbox, its URI, or its path on disk.
+    """
+    from eventpipe.intake.record import retract as retract_file  # loads the intake
+    from eventpipe.ledger import BY_COMMAND
+
+    if not files:
+        raise EventpipeError("name the files to retract (their paths in the inbox or URIs)")
+    resolved = settings_or_configured(settings).resolved()
+    ledger = open_ledger(resolved)
+    names = ledger_pipelines(ledger, resolved.data, pipeline) if pipeline else None
+    missing = []
+    for file in files:
+        on_disk = str(Path(file).resolve())
+        rows = [
+            r
+            for name in (names or ledger.pipelines())
+            for r in ledger.latest_files(name)
+            if file in (r.relative, r.uri) or r.local_path == on_disk
+        ]
+        if not rows:
+            missing.append(file)
+            continue
+        for row in rows:
+            if retract_file(ledger, row.pipeline, row.uri, BY_COMMAND, busy=True):
+                console.print(f"{row.relative} ({row.pipeline}): retracting")
+            else:
+                console.print(f"{row.relative} ({row.pipeline}): nothing to retract ({row.state})")
+    if missing:
+        raise EventpipeError(f"the ledger has never seen {', '.join(map(repr, missing))}")
 
 
 def explain(

@@ -42,6 +42,7 @@ UP_SETTINGS = settings_flags(
     "stale_minutes",
     "runs",
     "task_runner",
+    "on_delete",
 )
 RUN_SETTINGS = settings_flags(
     "pipeline", "inbox", "data", "ledger", "api_url", "port", "task_runner"
@@ -103,13 +104,20 @@ def up(
 def print_run(name: str, state: Any) -> None:
     """One line per materialize run that finished, as `up` shows it."""
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
-    if isinstance(summary, dict) and not summary["files"] and not summary["assets_updated"]:
+    if (
+        isinstance(summary, dict)
+        and not summary["files"]
+        and not summary["assets_updated"]
+        and not summary.get("retracted")
+    ):
         console.print(f"run {name}: nothing pending (an earlier run took the files)")
     elif isinstance(summary, dict):
         console.print(
             f"[green]run {name}[/]: {summary['processed']} processed, "
             f"{summary['skipped']} skipped, {summary['rejected']} rejected, "
-            f"{summary['failed']} failed; analytics updated: "
+            f"{summary['failed']} failed"
+            + (f", {summary['retracted']} retracted" if summary.get("retracted") else "")
+            + "; analytics updated: "
             f"{', '.join(summary['assets_updated']) or 'none'}"
             + (
                 f"; {summary['freshness_seconds']:.2f} s after landing"

@@ -62,7 +62,7 @@ def setup_s3(
     settings: Annotated[Settings | None, S3_SETTINGS] = None,
 ) -> None:
     """Wire a bucket to a queue in one step: create both if missing and send the bucket's
-    ObjectCreated notifications (under --prefix) to the queue. Safe to run again.
+    ObjectCreated and ObjectRemoved notifications (under --prefix) to the queue. Safe to run again.
 
     Parameters
     ----------
@@ -80,6 +80,8 @@ def setup_s3(
     s = settings_or_configured(settings)
     queue_url = setup_notifications(*aws_clients(s), bucket, queue, prefix)
     location = f"s3://{bucket}/{prefix}"
-    console.print(f"s3://{bucket} sends ObjectCreated under {location!r} to {queue_url}")
+    console.print(
+        f"s3://{bucket} sends ObjectCreated and ObjectRemoved under {location!r} to {queue_url}"
+    )
     flags = f" --endpoint-url {s.endpoint_url}" if s.endpoint_url else ""
     console.print(f"now run:  eventpipe up --source {location} --queue {queue}{flags}")

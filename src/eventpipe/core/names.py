@@ -6,8 +6,13 @@ from __future__ import annotations
 FILE_LANDED = "eventpipe.file.landed"
 FILE_REJECTED = "eventpipe.file.rejected"
 FILE_FAILED = "eventpipe.file.failed"
+FILE_RETRACTING = "eventpipe.file.retracting"
+FILE_RETRACTED = "eventpipe.file.retracted"
+WAKING_EVENTS = (FILE_LANDED, FILE_RETRACTING)
+"""The file events that ask for a run (the deployment trigger expects them)."""
 ASSET_SKIPPED = "eventpipe.asset.skipped"
 ASSET_UPDATED = "eventpipe.asset.updated"
+ASSET_FAILED = "eventpipe.asset.failed"
 PIPELINE_COMPLETED = "eventpipe.pipeline.completed"
 ASSET_STALE = "eventpipe.asset.stale"
 FETCH_COMPLETED = "eventpipe.fetch.completed"

@@ -202,20 +202,23 @@ class Storage:
 
     def quarantine(self, source: Path, relative: str, reason: str, sha256: str | None) -> str:
         """Move a rejected inbox file to ``quarantine/<pipeline>/<relative>``, with a
-        ``.reason.json`` beside it; a symlink is moved as a link (locally) or only named in the
-        note (in a bucket), its target never read. Returns the quarantined file's location."""
+        ``.reason.json`` beside it. A symlink is only named in the note (``symlink_to``) and
+        removed from the inbox, its target never read: nothing under the data dir points
+        outside it. Returns the quarantined file's location (a link's: its note's)."""
+        link = os.readlink(source) if source.is_symlink() else None
         if self._local is not None:
             target = inside(self._local / "quarantine" / self.pipeline, relative)
-            if target.exists() or target.is_symlink():
+            note = target.with_name(target.name + ".reason.json")
+            if target.exists() or target.is_symlink() or note.exists():
                 target = target.with_name(f"{target.name}.{time.time_ns()}")
             target.parent.mkdir(parents=True, exist_ok=True)
+            if link is not None:
+                source.unlink()
+                return self._write_reason(str(target), relative, reason, sha256, None, link=link)
             try:
                 os.replace(source, target)
             except OSError:  # another file system
-                if source.is_symlink():
-                    os.symlink(os.readlink(source), target)
-                else:
-                    shutil.copyfile(source, target)
+                shutil.copyfile(source, target)
                 source.unlink()
             self._write_reason(str(target), relative, reason, sha256, None)
             return str(target)
@@ -223,7 +226,6 @@ class Storage:
         if self.fs.exists(target_rel):
             target_rel = f"{target_rel}.{time.time_ns()}"
         target_loc = self.location(target_rel)
-        link = os.readlink(source) if source.is_symlink() else None
         if link is None:
             self.fs.upload(target_rel, source)
         source.unlink()

@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict
 
 from eventpipe.core.names import (
+    ASSET_FAILED,
     ASSET_SKIPPED,
     ASSET_STALE,
     ASSET_UPDATED,
     FILE_FAILED,
     FILE_LANDED,
     FILE_REJECTED,
+    FILE_RETRACTED,
+    FILE_RETRACTING,
     PIPELINE_COMPLETED,
     pipeline_resource_id,
 )
@@ -110,7 +113,7 @@ def build_event(
 def sighting_event(outcome: Outcome, row: FileRow, raw_key: str) -> Built | None:
     """The event for one sighting of a file: landed for work to do, skipped for none."""
     related = [related_pipeline(row.pipeline)]
-    if outcome in ("new", "changed", "retry"):
+    if outcome in ("new", "changed", "retry", "restored"):
         return build_event(
             FILE_LANDED,
             file_resource(row),
@@ -129,6 +132,44 @@ def sighting_event(outcome: Outcome, row: FileRow, raw_key: str) -> Built | None
         related=[*related, asset],
         payload={"asset": raw_key, "reason": reason, "stage": "raw"},
     )
+
+
+def retraction_event(kind: str, row: FileRow) -> Built | None:
+    """The events of a retraction as the ledger records it (``Ledger.retract``):
+    ``eventpipe.file.retracting`` (a run will remove its partitions), ``eventpipe.file.retracted``
+    for a duplicate (nothing of it was in the outputs), and ``eventpipe.file.landed`` for a
+    duplicate of it that now counts as a file of its own."""
+    if kind == "landed":
+        return sighting_event("new", row, "")
+    if kind == "retracting":
+        return build_event(
+            FILE_RETRACTING,
+            file_resource(row),
+            related=[related_pipeline(row.pipeline)],
+            payload={"reason": row.reason, "source": row.source},
+            event_id=_retraction_id(row, kind),
+        )
+    return retracted_event(row, [], None)
+
+
+def retracted_event(row: FileRow, partitions: list[dict[str, str]], run_id: str | None) -> Built:
+    """``eventpipe.file.retracted``: what of this file left the outputs (each step's partition
+    and the version it had: still in the version store)."""
+    related = [related_pipeline(row.pipeline)]
+    if run_id is not None:
+        related.append(related_flow_run(run_id))
+    return build_event(
+        FILE_RETRACTED,
+        file_resource(row),
+        related=related,
+        payload={"reason": row.reason, "partitions": partitions},
+        event_id=_retraction_id(row, "retracted"),
+    )
+
+
+def _retraction_id(row: FileRow, kind: str) -> str:
+    name = f"{row.pipeline}\n{row.uri}\n{row.sha256}\n{row.generation}\n{kind}"
+    return str(uuid.uuid5(_NAMESPACE, name))
 
 
 def fetch_event(
@@ -233,6 +274,19 @@ def asset_updated_event(
             "upstream_versions": upstream,
             "code_version": code_version,
         },
+    )
+
+
+def asset_failed_event(
+    pipeline: str, run_id: str, key: str, step: str, reason: str, kept: str | None
+) -> Built:
+    """``eventpipe.asset.failed``: an analytics step raised; its asset keeps version ``kept``
+    (None: it has none yet) and what reads it waits."""
+    return build_event(
+        ASSET_FAILED,
+        asset_resource(key, step, pipeline),
+        related=[related_pipeline(pipeline), related_flow_run(run_id)],
+        payload={"asset": key, "step": step, "reason": reason, "kept_version": kept},
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from eventpipe.core.names import FILE_LANDED, WAKE_LABEL
+from eventpipe.core.names import FILE_LANDED, WAKE_LABEL, WAKING_EVENTS
 from eventpipe.ledger import Ledger
 
 log = logging.getLogger("eventpipe.events")
@@ -65,7 +65,8 @@ class EventSender:
 
 
 def mark_wakes(bodies: list[dict[str, Any]], awaited: Collection[str] = ()) -> list[dict[str, Any]]:
-    """Label the last landed event of each pipeline in a batch as the one that wakes a run,
+    """Label the last landed (or retracting) event of each pipeline in a batch as the one that
+    wakes a run,
     but for the pipelines in ``awaited``, whose woken run is still on its way.
 
     Every file keeps its own landed event in the feed, but the deployment trigger matches only
@@ -76,7 +77,7 @@ def mark_wakes(bodies: list[dict[str, Any]], awaited: Collection[str] = ()) -> l
     """
     last: dict[str, int] = {}
     for index, body in enumerate(bodies):
-        if body.get("event") == FILE_LANDED:
+        if body.get("event") in WAKING_EVENTS:
             pipeline = body["resource"].get("eventpipe.pipeline", "")
             if pipeline not in awaited:
                 last[pipeline] = index

@@ -164,8 +164,9 @@ def _error_code(exc: Exception) -> str:
 
 def setup_notifications(s3: Any, sqs: Any, bucket: str, queue: str, prefix: str = "") -> str:
     """Create ``bucket`` and ``queue`` if missing, let S3 send to the queue, and point the
-    bucket's ObjectCreated notifications under ``prefix`` at it. Idempotent: the bucket's
-    other notification rules are kept, and eventpipe's own rule is replaced, not added."""
+    bucket's ObjectCreated and ObjectRemoved notifications under ``prefix`` at it.
+    Idempotent: the bucket's other notification rules are kept, and eventpipe's own rule is
+    replaced, not added."""
     try:
         s3.head_bucket(Bucket=bucket)
     except Exception as exc:
@@ -203,7 +204,7 @@ def setup_notifications(s3: Any, sqs: Any, bucket: str, queue: str, prefix: str 
     rule: dict[str, Any] = {
         "Id": rule_id,
         "QueueArn": queue_arn,
-        "Events": ["s3:ObjectCreated:*"],
+        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
     }
     if prefix:
         rule["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}

@@ -47,6 +47,7 @@ class FolderSource:
         on_landed: Callable[[Landed], None],
         on_rejected: Callable[[Rejected], None] | None = None,
         *,
+        on_deleted: Callable[[], None] | None = None,
         settle_seconds: float = 0.05,
         max_file_bytes: int = 1 << 30,
         rescan_seconds: float = 30.0,
@@ -59,6 +60,9 @@ class FolderSource:
         self.settle_seconds = settle_seconds
         self.max_file_bytes = max_file_bytes
         self.rescan_seconds = rescan_seconds
+        self.on_deleted = on_deleted
+        """Called after each scan and after files were deleted: the caller compares what it
+        has recorded with what is still there."""
         self._seen: dict[Path, tuple[int, int]] = {}
         self._rejected: dict[Path, tuple[int, int]] = {}
         self.ready = threading.Event()
@@ -66,8 +70,18 @@ class FolderSource:
         """What is never taken; the watcher and every scan use this one filter."""
 
     def scan(self) -> None:
-        """Take every complete file under the inbox not yet taken in its current form."""
+        """Take every complete file under the inbox not yet taken in its current form; then
+        look for files that are gone (``on_deleted``)."""
         self.consider(self._walk(self.inbox))
+        self._deleted()
+
+    def _deleted(self) -> None:
+        if self.on_deleted is None:
+            return
+        try:
+            self.on_deleted()
+        except Exception:  # the ledger is busy: the next scan looks again
+            log.warning("could not look for deleted files", exc_info=True)
 
     def run(self, stop: threading.Event) -> None:
         """Watch until ``stop`` is set. Scans first, so files already there are not missed."""
@@ -102,16 +116,20 @@ class FolderSource:
             if not changes:
                 continue
             paths: list[Path] = []
+            deleted = False
             for change, name in changes:
                 path = Path(name)
                 if change == Change.deleted:
                     self._seen.pop(path, None)
+                    deleted = True
                     continue
                 if path.is_dir() and not path.is_symlink():
                     paths.extend(self._walk(path))
                 else:
                     paths.append(path)
             self.consider(paths)
+            if deleted:
+                self._deleted()
 
     def consider(self, paths: Iterable[Path]) -> None:
         pending = {p for p in paths if self._candidate(p)}

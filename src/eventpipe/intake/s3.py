@@ -39,11 +39,13 @@ log = logging.getLogger("eventpipe.sources.s3")
 
 @dataclass(frozen=True)
 class ObjectNotice:
-    """One object an S3 notification (or the listing) says exists."""
+    """One object an S3 notification (or the listing) says exists, or, ``removed``, that a
+    notification says was deleted."""
 
     key: str
     etag: str
     size: int
+    removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ def relative_key(prefix: str, key: str) -> str | None:
 
 
 def parse_notification(body: str) -> list[ObjectNotice] | None:
-    """The created objects a notification names; None for S3's ``s3:TestEvent`` and for
-    messages that are not S3 notifications at all."""
+    """The created (and removed) objects a notification names; None for S3's
+    ``s3:TestEvent`` and for messages that are not S3 notifications at all."""
     try:
         message = json.loads(body)
     except json.JSONDecodeError:
@@ -82,7 +84,9 @@ def parse_notification(body: str) -> list[ObjectNotice] | None:
         return None
     notices = []
     for record in message.get("Records") or []:
-        if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+        name = str(record.get("eventName", ""))
+        removed = name.startswith("ObjectRemoved:")
+        if not name.startswith("ObjectCreated:") and not removed:
             continue
         obj = record.get("s3", {}).get("object", {})
         if "key" not in obj:
@@ -92,6 +96,7 @@ def parse_notification(body: str) -> list[ObjectNotice] | None:
                 key=unquote_plus(obj["key"]),
                 etag=str(obj.get("eTag", "")).strip('"'),
                 size=int(obj.get("size", 0)),
+                removed=removed,
             )
         )
     return notices
@@ -115,6 +120,8 @@ class BucketSource:
         max_file_bytes: int = 1 << 30,
         wait_seconds: int = 10,
         rescan_seconds: float = 300.0,
+        on_removed: Callable[[str], None] | None = None,
+        on_listed: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.location = location
         self.queue_url = queue_url
@@ -127,6 +134,12 @@ class BucketSource:
         self.max_file_bytes = max_file_bytes
         self.wait_seconds = wait_seconds
         self.rescan_seconds = rescan_seconds
+        self.on_removed = on_removed
+        """Called with the uri of an object an ObjectRemoved notification names, once it is
+        gone (not re-created meanwhile)."""
+        self.on_listed = on_listed
+        """Called with the uris of every object under the prefix after each full listing:
+        the caller finds what was deleted while it was away."""
         self.ready = threading.Event()
 
     # -- the loop -------------------------------------------------------------------------
@@ -156,12 +169,17 @@ class BucketSource:
         """Take every object under the prefix not yet recorded in its current version (those
         that arrived while eventpipe was stopped, or whose notification was lost)."""
         taken = 0
+        present: set[str] = set()
         try:
             for notice in self._list():
+                present.add(self.location.uri(notice.key))
                 if self.seen(self.location.uri(notice.key), notice.etag) is None:
                     taken += self.take(notice)
         except Exception as exc:
             log.warning("cannot list %s: %s", self.location, exc)
+        else:
+            if self.on_listed is not None:
+                self.on_listed(present)
         if taken:
             log.info("%d object(s) under %s arrived while eventpipe was away", taken, self.location)
         return taken
@@ -200,6 +218,10 @@ class BucketSource:
         """A notification: new object versions are taken; a repeat delivery of one already
         recorded is dropped; the same bytes uploaded again are reported as unchanged."""
         uri = self.location.uri(notice.key)
+        if notice.removed:
+            if self.on_removed is not None and self._gone(notice):
+                self.on_removed(uri)
+            return 0
         known = self.seen(uri, notice.etag)
         if known is None:
             return self.take(notice)
@@ -266,6 +288,18 @@ class BucketSource:
             )
         )
         return 1
+
+    def _gone(self, notice: ObjectNotice) -> bool:
+        """Whether the object is still deleted (notifications come unordered: one uploaded
+        again since is taken by its own ObjectCreated)."""
+        try:
+            self.s3.head_object(Bucket=self.location.bucket, Key=notice.key)
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return True
+            raise  # the network: the message is read again later
+        return False
 
     def _head_stamp(self, notice: ObjectNotice) -> str | None:
         try:

@@ -3,7 +3,10 @@ outbox, the asset catalog. A SQLite file under the data dir, or PostgreSQL."""
 
 from eventpipe.ledger.db import parse_url, redacted
 from eventpipe.ledger.rows import (
+    BY_COMMAND,
+    DELETED,
     PENDING_STATES,
+    AssetFailure,
     AssetRow,
     FileRow,
     FileState,
@@ -23,10 +26,13 @@ from eventpipe.ledger.store import (
 )
 
 __all__ = [
+    "BY_COMMAND",
+    "DELETED",
     "LEDGER_ENV",
     "LEDGER_FILE",
     "PENDING_STATES",
     "SCHEMA_VERSION",
+    "AssetFailure",
     "AssetRow",
     "FileRow",
     "FileState",

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from eventpipe.ledger.db import Database
 from eventpipe.ledger.rows import (
     _ASSET_COLUMNS,
+    AssetFailure,
     AssetRow,
     VersionRow,
 )
@@ -44,6 +45,11 @@ class Catalog(Database):
         """Make ``row`` the current version of its asset and remember the version."""
         with self._tx() as db:
             db.execute(_UPSERT_ASSET, asdict(row))
+            if not row.partition:  # a version that publishes ends its asset's failure
+                db.execute(
+                    text("DELETE FROM asset_failures WHERE pipeline=:pipeline AND name=:name"),
+                    {"pipeline": row.pipeline, "name": row.name},
+                )
             db.execute(
                 text(
                     "INSERT INTO versions (key, version, pipeline, name, partition, path, rows,"
@@ -65,6 +71,47 @@ class Catalog(Database):
                     "now": row.updated_at,
                 },
             )
+
+    # -- failing analytics ---------------------------------------------------------------------
+
+    def record_failure(self, failure: AssetFailure) -> None:
+        """Mark an analytics asset failing (replacing an earlier failure of it)."""
+        with self._tx() as db:
+            db.execute(
+                text(
+                    "INSERT INTO asset_failures (pipeline, name, reason, run_id, failed_at,"
+                    " input_fingerprint, code_version) VALUES (:pipeline, :name, :reason,"
+                    " :run_id, :failed_at, :input_fingerprint, :code_version)"
+                    " ON CONFLICT (pipeline, name) DO UPDATE SET reason=excluded.reason,"
+                    " run_id=excluded.run_id, failed_at=excluded.failed_at,"
+                    " input_fingerprint=excluded.input_fingerprint,"
+                    " code_version=excluded.code_version"
+                ),
+                asdict(failure),
+            )
+
+    def failures(self, pipeline: str) -> dict[str, AssetFailure]:
+        """The failing analytics assets of ``pipeline``, by name."""
+        with self._read() as db:
+            rows = db.execute(
+                text(
+                    "SELECT pipeline, name, reason, run_id, failed_at, input_fingerprint,"
+                    " code_version FROM asset_failures WHERE pipeline=:pipeline ORDER BY name"
+                ),
+                {"pipeline": pipeline},
+            ).all()
+        return {r[1]: AssetFailure(*r) for r in rows}
+
+    def clear_failures(self, pipeline: str, name: str | None = None) -> int:
+        """Forget the failures of ``pipeline``'s analytics (of ``name`` only, if given): the
+        next run tries them again even with the same inputs and code (``eventpipe retry``).
+        How many there were."""
+        sql = "DELETE FROM asset_failures WHERE pipeline=:pipeline"
+        if name is not None:
+            sql += " AND name=:name"
+        with self._tx() as db:
+            done = db.execute(text(sql), {"pipeline": pipeline, "name": name})
+        return int(done.rowcount or 0)
 
     def touch_asset(self, row: AssetRow) -> None:
         """Record the size/mtime of a current output after it was restored."""

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, text
 from eventpipe.core.models import Landed
 from eventpipe.ledger.db import Database
 from eventpipe.ledger.rows import (
+    DELETED,
     FileRow,
     FileState,
     Outcome,
@@ -29,7 +30,8 @@ class Files(Database):
 
         ``event_for(outcome, row) -> (event_id, body) | None`` builds the event to queue.
         Outcomes: ``new`` (first time this uri is seen), ``changed`` (new bytes for a known uri),
-        ``retry`` (same bytes as a failed attempt), ``unchanged`` (same bytes as the current
+        ``retry`` (same bytes as a failed attempt), ``restored`` (the same bytes dropped again
+        after the file was deleted and retracted), ``unchanged`` (same bytes as the current
         version: nothing to do) and ``duplicate`` (a new name for bytes already taken under
         another name: skipped, so no row is counted twice).
         """
@@ -48,8 +50,12 @@ class Files(Database):
             )
             outcome: Outcome
             if latest is not None and latest["sha256"] == landed.fingerprint:
-                if latest["state"] == "failed":
-                    outcome = "retry"
+                restored = latest["state"] == "retracting" or (
+                    latest["state"] == "retracted"
+                    and str(latest["reason"] or "").startswith(DELETED)
+                )
+                if latest["state"] == "failed" or restored:
+                    outcome = "restored" if restored else "retry"
                     db.execute(
                         text(
                             "UPDATE files SET state='landed', generation=generation+1,"
@@ -229,13 +235,17 @@ class Files(Database):
         reason: str | None = None,
         event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Close a claimed file as done, failed or rejected (and queue its event atomically)."""
+        """Close a claimed file as done, failed or rejected (and queue its event atomically);
+        a file retracted meanwhile stays retracted (a later run removes what this one wrote)."""
         with self._tx() as db:
-            db.execute(
-                text("UPDATE files SET state=:state, reason=:reason, updated_at=:now WHERE id=:id"),
+            closed = db.execute(
+                text(
+                    "UPDATE files SET state=:state, reason=:reason, updated_at=:now WHERE id=:id"
+                    " AND state NOT IN ('retracting', 'retracted')"
+                ),
                 {"state": state, "reason": reason, "now": time.time(), "id": file_id},
             )
-            if event is not None:
+            if event is not None and closed.rowcount:
                 self._queue(db, event[0], event[1], file_id)
 
     def finish_many(self, file_ids: list[int], state: FileState) -> None:
@@ -243,7 +253,10 @@ class Files(Database):
             return
         with self._tx() as db:
             db.execute(
-                text("UPDATE files SET state=:state, reason=NULL, updated_at=:now WHERE id=:id"),
+                text(
+                    "UPDATE files SET state=:state, reason=NULL, updated_at=:now WHERE id=:id"
+                    " AND state NOT IN ('retracting', 'retracted')"
+                ),
                 [{"state": state, "now": time.time(), "id": i} for i in file_ids],
             )
 
@@ -278,13 +291,17 @@ class Files(Database):
             return [_file_row(r) for r in db.execute(text(sql + " ORDER BY id"), args).mappings()]
 
     def current_files(self, pipeline: str) -> list[FileRow]:
-        """The latest processed version of each uri: the rows behind the current partitions."""
+        """The latest processed version of each uri: the rows behind the current partitions
+        (none for a uri whose newest row is retracted or being retracted)."""
         with self._read() as db:
             rows = db.execute(
                 text(
                     "SELECT * FROM files f WHERE pipeline=:pipeline AND state='done'"
                     " AND landed_seq = (SELECT MAX(landed_seq) FROM files g"
                     " WHERE g.pipeline=f.pipeline AND g.uri=f.uri AND g.state='done')"
+                    " AND NOT EXISTS (SELECT 1 FROM files h WHERE h.pipeline=f.pipeline"
+                    " AND h.uri=f.uri AND h.landed_seq>f.landed_seq"
+                    " AND h.state IN ('retracting', 'retracted'))"
                 ),
                 {"pipeline": pipeline},
             )

@@ -5,9 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-FileState = Literal["landed", "sent", "processing", "done", "failed", "rejected", "skipped"]
-Outcome = Literal["new", "changed", "unchanged", "duplicate", "retry"]
+FileState = Literal[
+    "landed",
+    "sent",
+    "processing",
+    "done",
+    "failed",
+    "rejected",
+    "skipped",
+    "retracting",
+    "retracted",
+]
+Outcome = Literal["new", "changed", "unchanged", "duplicate", "retry", "restored"]
 PENDING_STATES = ("landed", "sent")
+DELETED = "deleted from the source"
+"""The reason of a retraction the source saw: a sighting of the same bytes restores it."""
+BY_COMMAND = "retracted with `eventpipe retract`"
+"""The reason of an explicit retraction: it stays until the file's bytes change."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,21 @@ class AssetRow:
     code_version: str
     input_fingerprint: str
     updated_at: float
+
+
+@dataclass(frozen=True)
+class AssetFailure:
+    """An analytics asset whose step raised: its last good version (if any) stays current."""
+
+    pipeline: str
+    name: str
+    reason: str
+    run_id: str | None
+    failed_at: float
+    input_fingerprint: str
+    """What the failed attempt computed from: the same inputs and code are not tried again
+    until ``eventpipe retry``."""
+    code_version: str
 
 
 @dataclass(frozen=True)

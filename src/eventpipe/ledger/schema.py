@@ -159,7 +159,34 @@ def _outbox_event_names(db: Connection) -> None:
     db.execute(text("CREATE INDEX outbox_event ON outbox (event, created_at)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _outbox_event_names]
+def _holders(db: Connection) -> None:
+    """Version 3: which ``eventpipe up`` holds each pipeline (``eventpipe.ledger.holders``)."""
+    db.execute(
+        text(
+            "CREATE TABLE holders (pipeline TEXT PRIMARY KEY, host TEXT NOT NULL,"
+            " pid INTEGER NOT NULL, started_at FLOAT NOT NULL, beat_at FLOAT NOT NULL)"
+        )
+    )
+
+
+def _asset_failures(db: Connection) -> None:
+    """Version 4: the analytics assets whose step raised, until a version of them publishes."""
+    db.execute(
+        text(
+            "CREATE TABLE asset_failures (pipeline TEXT NOT NULL, name TEXT NOT NULL,"
+            " reason TEXT NOT NULL, run_id TEXT, failed_at FLOAT NOT NULL,"
+            " input_fingerprint TEXT NOT NULL, code_version TEXT NOT NULL,"
+            " PRIMARY KEY (pipeline, name))"
+        )
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _create_v1,
+    _outbox_event_names,
+    _holders,
+    _asset_failures,
+]
 """Migration ``i`` brings a ledger from version ``i`` to ``i + 1``; append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,7 +13,9 @@ from eventpipe.exceptions import ConfigError
 from eventpipe.ledger.catalog import Catalog
 from eventpipe.ledger.db import parse_url, redacted
 from eventpipe.ledger.files import Files
+from eventpipe.ledger.holders import Holders
 from eventpipe.ledger.outbox import Outbox
+from eventpipe.ledger.retraction import Retraction
 from eventpipe.settings import Settings
 
 LEDGER_FILE = "ledger.sqlite"
@@ -21,7 +23,7 @@ LEDGER_ENV = "EVENTPIPE_LEDGER"
 """The environment variable naming the ledger's database URL (the setting ``ledger``)."""
 
 
-class Ledger(Files, Outbox, Catalog):
+class Ledger(Files, Outbox, Catalog, Holders, Retraction):
     """Access to a ledger; safe to share between threads and processes."""
 
     @classmethod

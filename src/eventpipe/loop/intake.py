@@ -21,9 +21,9 @@ from eventpipe.intake.aws import (
     store_options,
 )
 from eventpipe.intake.local import FolderSource, Rejected
-from eventpipe.intake.record import record
+from eventpipe.intake.record import SWEPT_STATES, record, retract, retract_deleted
 from eventpipe.intake.s3 import BucketSource, SeenObject
-from eventpipe.ledger import Ledger
+from eventpipe.ledger import DELETED, Ledger
 from eventpipe.settings import Settings, cache_dir
 
 log = logging.getLogger("eventpipe")
@@ -76,7 +76,16 @@ class Intake:
             settle_seconds=s.settle_seconds,
             max_file_bytes=s.max_file_bytes,
             rescan_seconds=s.rescan_seconds,
+            on_deleted=self.retract_deleted if s.on_delete == "retract" else None,
         )
+
+    def retract_deleted(self) -> None:
+        """``on_delete = retract``: files gone from the inbox leave the outputs."""
+        gone = retract_deleted(self.ledger, self.pipeline, self.settings.inbox)
+        for relative in gone:
+            log.info("%s: deleted from the inbox; retracting its partitions", relative)
+        if gone:
+            self.poke()
 
     def _bucket_source(self) -> BucketSource:
         s, name, ledger = self.settings, self.pipeline, self.ledger
@@ -101,7 +110,21 @@ class Intake:
             max_file_bytes=s.max_file_bytes,
             wait_seconds=s.queue_wait_seconds,
             rescan_seconds=max(s.rescan_seconds, 60.0),
+            on_removed=self.retract_removed if s.on_delete == "retract" else None,
+            on_listed=self.retract_unlisted if s.on_delete == "retract" else None,
         )
+
+    def retract_removed(self, uri: str) -> None:
+        """``on_delete = retract``: an object deleted from the bucket leaves the outputs."""
+        if retract(self.ledger, self.pipeline, uri, DELETED):
+            log.info("%s: deleted from the bucket; retracting its partitions", uri)
+            self.poke()
+
+    def retract_unlisted(self, present: set[str]) -> None:
+        """After a listing: objects recorded but no longer there were deleted meanwhile."""
+        for row in self.ledger.latest_files(self.pipeline):
+            if row.source == "s3" and row.state in SWEPT_STATES and row.uri not in present:
+                self.retract_removed(row.uri)
 
     def on_landed(self, landed: Landed) -> None:
         in_bucket = self.store.local_root is None

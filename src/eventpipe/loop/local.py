@@ -20,11 +20,12 @@ from eventpipe.events.outbox import OutboxPump
 from eventpipe.exceptions import ConfigError
 from eventpipe.ledger import Ledger
 from eventpipe.loop.code_watch import CodeWatcher
+from eventpipe.loop.hold import Hold
 from eventpipe.loop.intake import Intake
 from eventpipe.loop.stale import StaleReporter
 from eventpipe.loop.tending import Tending
 from eventpipe.orchestration.server import EmbeddedServer, configure_api
-from eventpipe.pipeline import Pipeline, absolute_spec, load_pipeline, pipeline_source
+from eventpipe.pipeline import Pipeline, absolute_spec, load_pipeline
 from eventpipe.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class LocalLoop:
         self._stop = threading.Event()
         self._server: EmbeddedServer | None = None
         """The embedded server from the moment it starts: stopped even if start fails later."""
+        self._hold: Hold | None = None
+        self._ledger: Ledger | None = None
 
     # -- what was started, for the CLI, tests and benchmarks ------------------------------------
 
@@ -141,14 +144,28 @@ class LocalLoop:
     # -- starting and stopping ---------------------------------------------------------------
 
     def start(self, *, watch: bool = True) -> LocalLoop:
+        """Start every service, in order; if one fails, what was started is stopped again
+        (the server, the hold on the pipeline, the ledger's connections)."""
+        try:
+            return self._start(watch)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, watch: bool) -> LocalLoop:
         s = self.settings
         if not self.runs_here and not s.api_url:
             raise ConfigError(
                 "--runs worker needs --api-url: the Prefect server that `prefect deploy` and the"
                 " workers use (e.g. http://prefect:4200/api)"
             )
-        server = self._server = configure_api(s)
         pipeline = load_pipeline(self.spec)
+        if not s.data_in_bucket:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
+        ledger = self._ledger = Ledger.of(s)
+        # Before anything starts: a second `up` of this pipeline and ledger stops here.
+        self._hold = Hold(ledger, pipeline.name, self._stop).take()
+        server = self._server = configure_api(s)
         if server is not None:
             server.start()
         # Prefect reads its settings once, at import: what imports it loads only now that
@@ -158,9 +175,6 @@ class LocalLoop:
         from eventpipe.loop.runs import RunsHere, RunsOnWorkers
         from eventpipe.run.deliver import prefect_sender
 
-        if not s.data_in_bucket:
-            s.data_dir.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.of(s)
         pump = OutboxPump(ledger, prefect_sender()).start()
         runs: RunsHere | RunsOnWorkers = (
             RunsHere(s, pipeline=pipeline, spec=self.spec, ledger=ledger, on_run=self.on_run)
@@ -191,7 +205,7 @@ class LocalLoop:
             fetches.start()
         if intake is not None:
             intake.start()
-        CodeWatcher(pipeline_source(self.spec), on_change=self.kick, stop=self._stop).start()
+        CodeWatcher(self.code_files, on_change=self.kick, stop=self._stop).start()
         stale = StaleReporter(
             ledger=ledger, pipeline=pipeline.name, stale_minutes=s.stale_minutes, poke=pump.poke
         )
@@ -217,6 +231,13 @@ class LocalLoop:
             log.info("automation %r %s", name, what)
         return done
 
+    def code_files(self) -> list[str]:
+        """The files of the pipeline's code: as loaded at start, and as the runs executed in
+        this process last loaded it."""
+        from eventpipe.run.context import watched_files  # imports Prefect: after start()
+
+        return sorted({*self.pipeline.code_files, *watched_files(self.spec)})
+
     def kick(self) -> None:
         """Start a run now (pending work found on start, edited code, ``eventpipe retry``)."""
         from eventpipe.orchestration.deploy import request_run  # imports Prefect: after start()
@@ -236,6 +257,7 @@ class LocalLoop:
         if started is None:  # start failed before the services were up
             if self._server is not None:
                 self._server.stop()
+            self._let_go()
             return
         if started.intake is not None:
             started.intake.join()
@@ -244,8 +266,18 @@ class LocalLoop:
             started.fetches.stop()
         started.runs.stop()
         started.pump.stop()
+        self._let_go()
         if started.server is not None:
             started.server.stop()
+
+    def _let_go(self) -> None:
+        """Let go of the pipeline and close the ledger's connections (last: everything that
+        used them has stopped)."""
+        if self._hold is not None:
+            self._hold.let_go()
+            self._hold = None
+        if self._ledger is not None:
+            self._ledger.close()
 
     def __enter__(self) -> LocalLoop:
         return self.start()

@@ -9,7 +9,9 @@ Health of a process or analytics node, by the first rule that holds:
 
 ``failing``
     A process step raised on a file that feeds it: the file's current row (the newest row of
-    its uri) is ``failed``. Fixing the step and retrying is on-call's job.
+    its uri) is ``failed``; or an analytics step raised the last time it was computed (the
+    ledger's ``asset_failures``: its last good version stays current). Fixing the step and
+    retrying is on-call's job.
 ``missing``
     It has never been built: the ledger has no current version of it.
 ``stale``
@@ -38,13 +40,13 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from eventpipe.core.keys import asset_key, file_uri
-from eventpipe.ledger import AssetRow, FileRow, Ledger, ledger_path
+from eventpipe.ledger import AssetFailure, AssetRow, FileRow, Ledger, ledger_path
 from eventpipe.pipeline import Pipeline
 
 Health = Literal["fresh", "stale", "failing", "missing"]
@@ -143,12 +145,16 @@ def judge(
     failing: Sequence[str] = (),
     inputs: Sequence[Upstream] = (),
     files: Sequence[FileRow] = (),
+    error: str | None = None,
 ) -> Verdict:
     """The health of an asset last updated at ``updated_at`` (None: never built), given the
-    names of the failing files that feed it directly, its input assets and the pipeline's
-    current files. The rules are in the module's docstring."""
+    names of the failing files that feed it directly, its input assets, the pipeline's
+    current files and what its own step raised (``error``). The rules are in the module's
+    docstring."""
     if failing:
         return Verdict("failing", f"{counted(len(failing), 'file')} failing: {listed(failing)}")
+    if error is not None:
+        return Verdict("failing", f"the step raised: {error}")
     if updated_at is None:
         return Verdict("missing", "never built")
     broken = [u.name for u in inputs if u.health == "failing"]
@@ -198,10 +204,13 @@ def build_graph(
     now: float,
     stale_minutes: float = 60,
     max_raw_nodes: int = MAX_RAW_NODES,
+    failures: Mapping[str, AssetFailure] | None = None,
 ) -> Graph:
     """The asset graph of ``pipeline``: ``files`` are the current rows of its files
     (``Ledger.latest_files``), ``assets`` its current asset rows (``Ledger.assets``), ``data``
-    the data directory (for the keys of assets not built yet)."""
+    the data directory (for the keys of assets not built yet), ``failures`` its failing
+    analytics (``Ledger.failures``)."""
+    failures = failures or {}
     failing = failing_files(files)
     nodes = _raw_nodes(files, failing, max_raw_nodes)
     raw_ids = [n.id for n in nodes]
@@ -246,6 +255,7 @@ def build_graph(
             stale_minutes=stale_minutes,
             inputs=[upstream[i] for i in step.inputs],
             files=files,
+            error=failures[step.name].reason if step.name in failures else None,
         )
         node = Node(
             id=f"analytics_{step.name}",
@@ -270,15 +280,23 @@ def read_graph(
     one under ``data`` (every asset is missing before anything has run)."""
     files: list[FileRow] = []
     assets: list[AssetRow] = []
+    failures: dict[str, AssetFailure] = {}
     in_bucket = str(data).startswith("s3://")
     if ledger is not None or (not in_bucket and ledger_path(Path(data)).exists()):
         book = Ledger.open(data, ledger)
         try:
             files, assets = book.latest_files(pipeline.name), book.assets(pipeline.name)
+            failures = book.failures(pipeline.name)
         finally:
             book.close()
     return build_graph(
-        pipeline, files, assets, data=data, now=time.time(), stale_minutes=stale_minutes
+        pipeline,
+        files,
+        assets,
+        data=data,
+        now=time.time(),
+        stale_minutes=stale_minutes,
+        failures=failures,
     )
 
 

@@ -16,7 +16,12 @@ from prefect.schedules import Cron, Interval
 from prefect.utilities.callables import parameter_schema
 
 from eventpipe.compat import EntrypointType, RunnerDeployment
-from eventpipe.core.names import FILE_LANDED, MATERIALIZE_FLOW, WAKE_LABEL, pipeline_resource_id
+from eventpipe.core.names import (
+    MATERIALIZE_FLOW,
+    WAKE_LABEL,
+    WAKING_EVENTS,
+    pipeline_resource_id,
+)
 from eventpipe.exceptions import ConfigError
 from eventpipe.orchestration.automations import same_automation
 from eventpipe.pipeline import Fetch, Pipeline
@@ -25,12 +30,13 @@ from eventpipe.run.flow import materialize_pipeline
 
 
 def landed_trigger(pipeline: str) -> DeploymentEventTrigger:
-    """Fire a run for each waking ``eventpipe.file.landed`` of ``pipeline`` (one per batch the
+    """Fire a run for each waking ``eventpipe.file.landed`` (or ``eventpipe.file.retracting``)
+    of ``pipeline`` (one per batch the
     outbox sends, see ``events.mark_wakes``); no ``within``, so throttling never drops a landing,
     and each run drains every pending file."""
     return DeploymentEventTrigger(
         name=f"{pipeline}: file landed",
-        expect={FILE_LANDED},
+        expect=set(WAKING_EVENTS),
         match={"eventpipe.pipeline": pipeline, WAKE_LABEL: "true"},
         threshold=1,
         within=timedelta(0),

@@ -25,10 +25,11 @@ worker won), job variables, labels, the infrastructure pid, "Crashed" when the p
 exits without a final state, cancelling runs that have not started. What a run waits for
 before it starts is cut to the calls that decide something: no Submitting state (the run
 starts at once), the worker's labels given while it starts, and its deployment read once
-per poll (the claim, the job configuration and the run itself reuse that read). A running run cancelled
-from the UI or the API is stopped here (its process session is killed) and marked Cancelled;
-``timeout_seconds`` stops a run that runs too long; a worker asked to stop lets its runs
-finish.
+per poll (the claim, the job configuration and the run itself reuse that read).
+
+A running run cancelled from the UI or the API is stopped here (its process session is
+killed) and marked Cancelled; ``timeout_seconds`` stops a run that runs too long; a worker
+asked to stop lets its runs finish.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from prefect.client.schemas.objects import State
 from eventpipe.core.models import AnalyticsInputs, Output
 from eventpipe.ledger import AssetRow
 from eventpipe.pipeline import Step
-from eventpipe.run.artifacts import FileLine
 from eventpipe.run.context import RunContext
 from eventpipe.run.outputs import publish
 from eventpipe.run.tasks import MAX_ASSET_DEPS, analytics, materializing_task, task_options
@@ -21,19 +20,54 @@ log = logging.getLogger("eventpipe.run")
 
 
 def run_analytics(run: RunContext, changed: dict[str, list[str]], logger: Any) -> None:
-    """Run the analytics steps level by level; the steps of one level run concurrently."""
+    """Run the analytics steps level by level; the steps of one level run concurrently.
+
+    A step that raises keeps its last good version (its current output is not touched) and
+    is marked failing (ledger, ``eventpipe.asset.failed``); what reads it is not computed
+    (it is stale) until a run computes the step again, which happens once its inputs or its
+    code change, or after ``eventpipe retry``."""
     versions: dict[str, str] = {}
+    failures = run.ledger.failures(run.pipeline.name)
+    broken: set[str] = set()
     for level in run.pipeline.analytics_levels():
         submitted = []
         for step in level:
+            waits_on = [name for name in step.inputs if name in broken]
+            if waits_on:
+                broken.add(step.name)
+                logger.warning(
+                    "analytics %s waits: its input %s is failing", step.name, ", ".join(waits_on)
+                )
+                continue
             prepared = _prepare_analytics(run, step, versions, changed)
             if prepared is None:
-                logger.info("analytics %s waits: an input has no data yet", step.name)
+                if _remove_without_data(run, step):
+                    logger.info(
+                        "analytics %s removed: its inputs have no data any more (retracted)",
+                        step.name,
+                    )
+                else:
+                    logger.info("analytics %s waits: an input has no data yet", step.name)
                 continue
             task, inputs, refresh, kept = prepared
+            failure = failures.get(step.name)
             if kept is not None:  # inputs and code as for the current version: no task at all
                 versions[step.name] = kept.version
                 run.skipped(kept.key, step, "unchanged: same input versions and code version")
+                if failure is not None:  # back to inputs and code its current version fits
+                    run.ledger.clear_failures(run.pipeline.name, step.name)
+                continue
+            if (
+                failure is not None
+                and failure.input_fingerprint == inputs.fingerprint
+                and failure.code_version == step.code_version
+            ):
+                broken.add(step.name)
+                logger.warning(
+                    "analytics %s is still failing: same inputs and code as the attempt that"
+                    " raised; fix the step (or run `eventpipe retry`)",
+                    step.name,
+                )
                 continue
             if refresh:  # its cached version file is gone: compute it afresh
                 task = task.with_options(refresh_cache=True)
@@ -43,12 +77,10 @@ def run_analytics(run: RunContext, changed: dict[str, list[str]], logger: Any) -
             state: State[Any] = future.state
             run.report.add_time(f"analytics:{step.name}", time.perf_counter() - t)
             if not state.is_completed():
-                logger.error("analytics %s failed: %s", step.name, state.message)
-                run.report.files.append(
-                    FileLine(
-                        name=f"analytics:{step.name}", outcome="failed", detail=str(state.message)
-                    )
-                )
+                broken.add(step.name)
+                reason = str(state.message or state.name)
+                logger.error("analytics %s failed: %s", step.name, reason)
+                run.asset_failed(step, inputs.fingerprint, reason)
                 continue
             out: Output = state.result()
             path = run.store.analytics_path(step.name)
@@ -66,6 +98,17 @@ def run_analytics(run: RunContext, changed: dict[str, list[str]], logger: Any) -
                     inputs.upstream,
                     [run.store.key(run.store.analytics_path(n)) for n in inputs.upstream],
                 )
+
+
+def _remove_without_data(run: RunContext, step: Step) -> bool:
+    """An analytics asset whose inputs have no data (every file retracted) has no current
+    version either: its current output and row go (its versions stay). Whether it had one."""
+    current = run.ledger.asset(run.pipeline.name, step.name)
+    if current is None:
+        return False
+    run.store.delete(current.path)
+    run.ledger.drop_partition(run.pipeline.name, step.name, "")
+    return True
 
 
 def _prepare_analytics(

@@ -43,6 +43,10 @@ class RunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     assets_updated: list[str] = field(default_factory=list)
     assets_skipped: list[str] = field(default_factory=list)
+    assets_failed: dict[str, str] = field(default_factory=dict)
+    """Analytics steps that raised in this run, with the reason."""
+    files_retracted: list[str] = field(default_factory=list)
+    """Files whose partitions this run removed (deleted from the source, or retracted)."""
     freshness_seconds: float | None = None
 
     def count(self, outcome: str) -> int:
@@ -62,6 +66,8 @@ class RunReport:
             "rows_out": sum(f.rows_out for f in self.files),
             "assets_updated": self.assets_updated,
             "assets_skipped": self.assets_skipped,
+            "assets_failed": sorted(self.assets_failed),
+            "retracted": len(self.files_retracted),
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "freshness_seconds": (
                 None if self.freshness_seconds is None else round(self.freshness_seconds, 3)
@@ -87,6 +93,16 @@ class RunReport:
             f"**Assets updated:** {len(self.assets_updated)}; "
             f"**skipped (unchanged inputs):** {len(self.assets_skipped)}",
         ]
+        if self.files_retracted:
+            names = ", ".join(escape_markdown(n) for n in self.files_retracted[:20])
+            more = len(self.files_retracted) - 20
+            lines += ["", f"**Retracted:** {names}" + (f" and {more} more" if more > 0 else "")]
+        if self.assets_failed:
+            lines += ["", "**Analytics failed** (each keeps its last good version):", ""]
+            lines += [
+                f"- {escape_markdown(name)}: {escape_markdown(reason)}"
+                for name, reason in sorted(self.assets_failed.items())
+            ]
         if self.files:
             lines += [
                 "",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,34 +18,60 @@ from typing import Any
 
 import pandas as pd
 
+from eventpipe.codeversion import Stamp, code_stamp, iter_user_modules
 from eventpipe.core.models import Output, RawFile
 from eventpipe.core.readers import read_frame
 from eventpipe.core.storage import Storage
-from eventpipe.events.build import Built, asset_skipped_event, asset_updated_event
-from eventpipe.ledger import Ledger
+from eventpipe.events.build import (
+    Built,
+    asset_failed_event,
+    asset_skipped_event,
+    asset_updated_event,
+)
+from eventpipe.ledger import AssetFailure, Ledger
 from eventpipe.pipeline import Pipeline, Step, is_path_spec, load_pipeline, pipeline_source
 from eventpipe.run.artifacts import RunReport
 
 log = logging.getLogger("eventpipe.run")
 
 
-_loaded: dict[str, tuple[float, Pipeline]] = {}
+_loaded: dict[str, tuple[Stamp, Pipeline]] = {}
+_reloading = threading.Lock()
+
+
+def watched_files(spec: str) -> list[str]:
+    """The files of the pipeline's code as last loaded here (its own file at least)."""
+    hit = _loaded.get(spec)
+    source = pipeline_source(spec)
+    files = set(hit[1].code_files) if hit else set()
+    if source is not None:
+        files.add(os.path.realpath(source))
+    return sorted(files)
 
 
 def cached_pipeline(spec: str) -> Pipeline:
-    """Load ``spec`` once per process, again when its source file changes (a warm runner
-    picks up edited step code, and the new code version recomputes what depends on it)."""
-    hit = _loaded.get(spec)
-    source = pipeline_source(spec)
-    mtime = source.stat().st_mtime if source and source.exists() else 0.0
-    if hit and hit[0] == mtime:
-        return hit[1]
-    target = spec.rpartition(":")[0]
-    if hit and not is_path_spec(spec) and target in sys.modules:
-        importlib.reload(sys.modules[target])
-    pipeline = load_pipeline(spec)
-    _loaded[spec] = (mtime, pipeline)
-    return pipeline
+    """Load ``spec`` once per process, again when a file of its code changes (its own, or a
+    module of the user's whose functions, classes or constants a step uses): a warm runner
+    picks up edited code, and the new code versions recompute what depends on it. Edited
+    helper modules are reloaded first, then the pipeline."""
+    with _reloading:
+        hit = _loaded.get(spec)
+        files = watched_files(spec)
+        if hit and code_stamp(files) == hit[0]:
+            return hit[1]
+        if hit:
+            changed = {f for f, mtime in code_stamp(files) if (f, mtime) not in hit[0]}
+            source = pipeline_source(spec)
+            own = os.path.realpath(source) if source is not None else None
+            for module in iter_user_modules(tuple(changed - {own})):
+                importlib.reload(module)
+            target = spec.rpartition(":")[0]
+            if not is_path_spec(spec) and target in sys.modules:
+                importlib.reload(sys.modules[target])
+        pipeline = load_pipeline(spec)
+        _loaded[spec] = ((), pipeline)
+        _loaded[spec] = (code_stamp(watched_files(spec)), pipeline)
+        return pipeline
 
 
 @dataclass
@@ -118,6 +146,30 @@ class RunContext:
                 code_version=step.code_version,
                 upstream=upstream,
                 upstream_keys=upstream_keys,
+            )
+        )
+
+    def asset_failed(self, step: Step, input_fingerprint: str, reason: str) -> None:
+        """Mark ``step``'s analytics asset failing (``eventpipe.asset.failed``); it keeps its
+        last good version."""
+        pipeline = self.pipeline.name
+        kept = self.ledger.asset(pipeline, step.name)
+        self.report.assets_failed[step.name] = reason
+        self.ledger.record_failure(
+            AssetFailure(
+                pipeline=pipeline,
+                name=step.name,
+                reason=reason,
+                run_id=self.run_id,
+                failed_at=time.time(),
+                input_fingerprint=input_fingerprint,
+                code_version=step.code_version,
+            )
+        )
+        key = self.store.key(self.store.analytics_path(step.name))
+        self.events.append(
+            asset_failed_event(
+                pipeline, self.run_id, key, step.name, reason, kept.version if kept else None
             )
         )
 

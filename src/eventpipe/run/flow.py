@@ -36,6 +36,7 @@ from eventpipe.run.deliver import deliver_now
 from eventpipe.run.mirror import BucketPublisher
 from eventpipe.run.outputs import restore_outputs
 from eventpipe.run.partition_stage import process_work
+from eventpipe.run.retract_stage import retract_partitions
 from eventpipe.settings import cache_dir
 
 log = logging.getLogger("eventpipe.flows")
@@ -86,10 +87,19 @@ def materialize_pipeline(
         run.flush_events()
         deliver_now(ledger)
         ledger.close()
+    problems = []
     if summary["failed"]:
+        problems.append(
+            f"{summary['failed']} file(s) failed (see the events eventpipe.file.failed)"
+        )
+    if summary["assets_failed"]:
+        problems.append(
+            f"analytics {', '.join(summary['assets_failed'])} failed and keep their last good"
+            " version (see the events eventpipe.asset.failed)"
+        )
+    if problems:
         raise EventpipeError(
-            f"{summary['failed']} file(s) failed in pipeline {pipe.name!r}; see the events "
-            "eventpipe.file.failed, fix the step and run `eventpipe retry`"
+            f"pipeline {pipe.name!r}: {'; '.join(problems)}; fix the step and run `eventpipe retry`"
         )
     return summary
 
@@ -154,6 +164,7 @@ def _materialize(run: RunContext, started: float) -> dict[str, Any]:
                 if row is not None:
                     stale.setdefault(row.id, (row, set()))[1].add(step.name)
 
+    retract_partitions(run)  # files deleted from the source (or retracted) leave first
     changed_partitions: dict[str, list[str]] = {}
     done: list[int] = []
     oldest: float | None = None
