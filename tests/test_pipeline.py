@@ -446,6 +446,8 @@ def test_an_explicit_version_is_the_code_version(tmp_path: Path) -> None:
 
 
 HELPED = """
+import functools
+
 import pandas as pd
 
 from eventpipe import Pipeline
@@ -471,7 +473,12 @@ def revenue(orders: pd.DataFrame) -> pd.DataFrame:
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.dropna().head(LIMIT)
+    return frame.dropna().head(limit())
+
+
+@functools.cache
+def limit() -> int:
+    return LIMIT
 
 
 LIMIT = 100
@@ -511,12 +518,14 @@ def test_a_code_version_covers_the_helpers_and_constants_of_its_own_file(helped:
     assert versions_of(load_pipeline(spec)) == first  # stable
 
     source = helped.read_text()
-    helped.write_text(source.replace("LIMIT = 100", "LIMIT = 50"))  # a constant the helper reads
+    helped.write_text(source.replace("LIMIT = 100", "LIMIT = 50"))  # a constant a helper reads
     limit = versions_of(load_pipeline(spec))
     helped.write_text(source.replace("dropna().head", "dropna().tail"))  # the helper itself
     tail = versions_of(load_pipeline(spec))
+    helped.write_text(source.replace("return LIMIT", "return LIMIT + 1"))  # behind a cache
+    cached = versions_of(load_pipeline(spec))
 
-    for edited in (limit, tail):
+    for edited in (limit, tail, cached):
         assert edited["orders"] != first["orders"]  # the step that uses it
         assert edited["refunds"] == first["refunds"]  # not the others
         assert edited["revenue"] == first["revenue"]

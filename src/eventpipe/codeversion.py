@@ -79,6 +79,8 @@ class _Walk:
             self.value(f"{owner}:{ref}", scope[ref], names)
 
     def value(self, label: str, value: Any, names: set[str]) -> None:
+        if callable(getattr(value, "__wrapped__", None)):  # functools.cache, wraps(...)
+            value = inspect.unwrap(value)
         if isinstance(value, types.ModuleType):
             if _user_module(value.__name__):
                 self._file_of(value.__name__)
