@@ -21,6 +21,7 @@ def make(name: str) -> Pipeline:
 
 fast = make("bench_fast")
 base = make("bench_base")
+base_tuned = make("bench_btuned")  # `serve` with its poll tuned to 1 s
 # The production topology's paths (`prefect deploy` + a process worker): tuned and defaults.
 worker = make("bench_worker")
 worker_defaults = make("bench_wdef")
