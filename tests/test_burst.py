@@ -116,6 +116,16 @@ def test_readers_of_the_outputs_see_only_whole_versions_while_a_burst_lands(
 
         reader = threading.Thread(target=read_outputs, daemon=True)
         reader.start()
+        # One file first, published alone, so that the reads see the analytics change however
+        # the burst after it is split into runs (a slow machine may take it in one round).
+        first = staging / "burst-0000.csv"
+        os.replace(first, loop.inbox / first.name)
+        wait_for(
+            lambda: any(reads[current]),
+            120,
+            interval=0.1,
+            what="the first file's analytics to be read",
+        )
         move_all(staging, loop.inbox)
         wait_for(
             lambda: loop.ledger.counts(loop.name).get("done", 0) == READ_FILES,
