@@ -11,13 +11,13 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from prefect import Flow
 from prefect.assets import Asset, AssetProperties
 from prefect.client.schemas.objects import FlowRun, State
-from prefect.context import SyncClientContext, _deployment_id, _deployment_parameters
+from prefect.context import AssetContext, SyncClientContext, _deployment_id, _deployment_parameters
 from prefect.deployments.runner import EntrypointType, RunnerDeployment  # type: ignore[attr-defined]
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -25,8 +25,11 @@ from prefect.utilities.engine import propose_state_sync
 
 __all__ = [
     "EntrypointType",
+    "Materialized",
     "RunnerDeployment",
+    "emit_materializations",
     "propose_state_sync",
+    "retarget_batch_task",
     "retarget_task",
     "run_deployment_flow_run",
     "warm_engine",
@@ -84,3 +87,62 @@ def retarget_task(template: Any, key: str, name: str, deps: list[str] | None = N
     task.assets = [Asset(key=key, properties=AssetProperties(name=name))]
     task.asset_deps = [Asset(key=d) for d in deps] if deps else []
     return task
+
+
+def retarget_batch_task(template: Any, assets: list[tuple[str, str]]) -> Any:
+    """A shallow copy of the ``@materialize`` task ``template`` that materializes every asset
+    of ``assets`` (``(key, name)`` pairs): one task run for a batch of partitions."""
+    task = copy.copy(template)
+    task.assets = [Asset(key=key, properties=AssetProperties(name=name)) for key, name in assets]
+    task.asset_deps = []
+    return task
+
+
+class Materialized(NamedTuple):
+    """One asset a batch task materialized (or failed to), with its own upstream assets."""
+
+    key: str
+    upstream: tuple[str, ...]
+    metadata: dict[str, Any] | None
+    succeeded: bool = True
+
+
+def emit_materializations(done: list[Materialized]) -> None:
+    """From inside a batch task: the asset events Prefect emits for a materializing task, but
+    each asset with its own upstream (Prefect relates every asset of a task to every upstream
+    asset of the task: a batch of n partitions would say each came from all n raw files), and
+    a failed event for each asset whose file failed while the task itself completed.
+
+    Prefect's own emission at the end of the task is turned off for this task run, by
+    emptying the downstream assets of its ``AssetContext`` (the flow run's asset tracking,
+    which downstream tasks read, was filled when the task started)."""
+    from prefect.events import emit_event
+
+    ctx = AssetContext.get()
+    if ctx is None:
+        return
+    by_key = {asset.key: asset for asset in ctx.downstream_assets}
+    ctx.downstream_assets = set()
+    referenced: set[str] = set()
+    for item in done:
+        asset = by_key.get(item.key)
+        if asset is None:
+            continue
+        related = [AssetContext.asset_as_related(Asset(key=k)) for k in item.upstream]
+        if ctx.materialized_by:
+            related.append(AssetContext.related_materialized_by(ctx.materialized_by))
+        for upstream in item.upstream:
+            if upstream not in referenced:
+                referenced.add(upstream)
+                emit_event(
+                    event="prefect.asset.referenced",
+                    resource=AssetContext.asset_as_resource(Asset(key=upstream)),
+                    related=[],
+                )
+        status = "succeeded" if item.succeeded else "failed"
+        emit_event(
+            event=f"prefect.asset.materialization.{status}",
+            resource=AssetContext.asset_as_resource(asset),
+            related=related,
+            payload=item.metadata,
+        )

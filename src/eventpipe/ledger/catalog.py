@@ -43,13 +43,22 @@ class Catalog(Database):
         self, row: AssetRow, version_path: str, sources: list[str], run_id: str | None
     ) -> None:
         """Make ``row`` the current version of its asset and remember the version."""
+        self.publish_many([(row, version_path, sources)], run_id)
+
+    def publish_many(
+        self, items: list[tuple[AssetRow, str, list[str]]], run_id: str | None
+    ) -> None:
+        """:meth:`publish` for many assets (a batch of partitions), in one transaction."""
+        if not items:
+            return
         with self._tx() as db:
-            db.execute(_UPSERT_ASSET, asdict(row))
-            if not row.partition:  # a version that publishes ends its asset's failure
-                db.execute(
-                    text("DELETE FROM asset_failures WHERE pipeline=:pipeline AND name=:name"),
-                    {"pipeline": row.pipeline, "name": row.name},
-                )
+            db.execute(_UPSERT_ASSET, [asdict(row) for row, _, _ in items])
+            for row, _, _ in items:
+                if not row.partition:  # a version that publishes ends its asset's failure
+                    db.execute(
+                        text("DELETE FROM asset_failures WHERE pipeline=:pipeline AND name=:name"),
+                        {"pipeline": row.pipeline, "name": row.name},
+                    )
             db.execute(
                 text(
                     "INSERT INTO versions (key, version, pipeline, name, partition, path, rows,"
@@ -58,18 +67,21 @@ class Catalog(Database):
                     " ON CONFLICT (key, version)"
                     " DO UPDATE SET current_at=excluded.current_at, run_id=excluded.run_id"
                 ),
-                {
-                    "key": row.key,
-                    "version": row.version,
-                    "pipeline": row.pipeline,
-                    "name": row.name,
-                    "partition": row.partition,
-                    "path": version_path,
-                    "rows": row.rows,
-                    "sources": json.dumps(sources),
-                    "run_id": run_id,
-                    "now": row.updated_at,
-                },
+                [
+                    {
+                        "key": row.key,
+                        "version": row.version,
+                        "pipeline": row.pipeline,
+                        "name": row.name,
+                        "partition": row.partition,
+                        "path": version_path,
+                        "rows": row.rows,
+                        "sources": json.dumps(sources),
+                        "run_id": run_id,
+                        "now": row.updated_at,
+                    }
+                    for row, version_path, sources in items
+                ],
             )
 
     # -- failing analytics ---------------------------------------------------------------------

@@ -173,11 +173,14 @@ class RunContext:
             )
         )
 
-    def raw_frame(self, raw: RawFile) -> pd.DataFrame:
-        frame = self.frames.get(raw.file_id)
+    def raw_frame(self, raw: RawFile, *, copy: bool = True) -> pd.DataFrame:
+        """The frame read from ``raw``: a copy for a step (a step may change its input, and
+        the next step reads it too), or, with ``copy=False`` for the file's last step, the
+        frame itself, which the run then forgets."""
+        frame = self.frames.get(raw.file_id) if copy else self.frames.pop(raw.file_id, None)
         if frame is None:
-            frame = read_frame(self.store.read_raw(raw.snapshot), raw.suffix)
-        return frame.copy()
+            return read_frame(self.store.read_raw(raw.snapshot), raw.suffix)
+        return frame.copy() if copy else frame
 
 
 @dataclass(frozen=True)

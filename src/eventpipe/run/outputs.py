@@ -29,14 +29,23 @@ def publish(
 ) -> None:
     """Point the current output at ``out``'s version (atomically: a rename locally, one
     server-side copy in a bucket) and record it."""
+    publish_many(run, step, kind, [(partition, current, out, input_fingerprint)])
+
+
+def publish_many(
+    run: RunContext, step: Step, kind: str, items: list[tuple[str, str, Output, str]]
+) -> None:
+    """:func:`publish` for many partitions of ``step`` (``(partition, current, output,
+    input fingerprint)`` each): each current output replaced, then one ledger transaction."""
     store = run.store
-    stat = store.stat(current) if store.same_object(current, out.path) else None
-    if stat is None:
-        stat = store.copy(out.path, current)
-        if run.mirror is not None:
-            log.info("published %s", run.mirror(current))
-    run.ledger.publish(
-        AssetRow(
+    rows: list[tuple[AssetRow, str, list[str]]] = []
+    for partition, current, out, input_fingerprint in items:
+        stat = store.stat(current) if store.same_object(current, out.path) else None
+        if stat is None:
+            stat = store.copy(out.path, current)
+            if run.mirror is not None:
+                log.info("published %s", run.mirror(current))
+        row = AssetRow(
             pipeline=run.pipeline.name,
             name=step.name,
             partition=partition,
@@ -50,11 +59,9 @@ def publish(
             code_version=step.code_version,
             input_fingerprint=input_fingerprint,
             updated_at=time.time(),
-        ),
-        out.path,
-        list(out.sources),
-        run.run_id,
-    )
+        )
+        rows.append((row, out.path, list(out.sources)))
+    run.ledger.publish_many(rows, run.run_id)
 
 
 def restore_outputs(run: RunContext) -> list[AssetRow]:

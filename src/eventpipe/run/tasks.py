@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect.assets import add_asset_metadata, materialize
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.results import get_result_store
 
-from eventpipe.compat import retarget_task
+from eventpipe.compat import (
+    Materialized,
+    emit_materializations,
+    retarget_batch_task,
+    retarget_task,
+)
 from eventpipe.core.atomic import file_digest
 from eventpipe.core.keys import asset_key, partition_name
 from eventpipe.core.models import AnalyticsInputs, Output, RawFile
@@ -47,12 +55,20 @@ def inbox_file(row: FileRow) -> Path | None:
     return Path(row.local_path)
 
 
-def raw_key(row: FileRow) -> str:
-    return asset_key(row.uri)
+def raw_key(item: FileRow | RawFile) -> str:
+    """The raw asset of a landed file."""
+    return asset_key(item.uri)
 
 
 def materialize_raw(row: FileRow) -> RawFile:
-    run = current_run()
+    raw, metadata = _read_raw(current_run(), row)
+    add_asset_metadata(raw_key(row), metadata)
+    return raw
+
+
+def _read_raw(run: RunContext, row: FileRow) -> tuple[RawFile, dict[str, Any]]:
+    """Snapshot a claimed file into the raw store (once) and parse it; its raw asset's
+    metadata. A file that is gone, changed or of no known type raises ``RejectedInput``."""
     suffix = suffix_of(row.relative)
     if suffix is None:
         raise RejectedInput(f"unsupported file type: {row.relative}")
@@ -66,16 +82,13 @@ def materialize_raw(row: FileRow) -> RawFile:
         run.store.snapshot_raw(source, row.sha256, suffix)
     frame = read_frame(run.store.read_raw(snapshot), suffix)
     run.frames[row.id] = frame
-    add_asset_metadata(
-        raw_key(row),
-        {
-            "sha256": row.sha256,
-            "bytes": row.size,
-            "rows": len(frame),
-            "columns": [str(c) for c in frame.columns],
-        },
-    )
-    return RawFile(
+    metadata = {
+        "sha256": row.sha256,
+        "bytes": row.size,
+        "rows": len(frame),
+        "columns": [str(c) for c in frame.columns],
+    }
+    raw = RawFile(
         file_id=row.id,
         uri=row.uri,
         partition=partition_name(row.relative),
@@ -84,6 +97,113 @@ def materialize_raw(row: FileRow) -> RawFile:
         suffix=suffix,
         size=row.size,
     )
+    return raw, metadata
+
+
+@dataclass
+class BatchResult:
+    """What a batch task did, per file (by file id): each file's error is its own."""
+
+    raws: list[RawFile] = field(default_factory=list)
+    """The files read (a raw batch)."""
+    outputs: dict[int, tuple[Output, bool]] = field(default_factory=dict)
+    """Each file's new partition version, and whether it came from the cache (a step batch)."""
+    errors: dict[int, BaseException] = field(default_factory=dict)
+
+
+def materialize_raws(rows: list[FileRow]) -> BatchResult:
+    """The raw stage of a batch of files, in one task run: each file snapshotted and read, or
+    its error kept for it alone."""
+    run = current_run()
+    result = BatchResult()
+    events: list[Materialized] = []
+    for row in rows:
+        try:
+            raw, metadata = _read_raw(run, row)
+        except Exception as exc:  # this file's problem, reported for it alone
+            result.errors[row.id] = exc
+            events.append(Materialized(raw_key(row), (), None, succeeded=False))
+            continue
+        result.raws.append(raw)
+        events.append(Materialized(raw_key(row), (), metadata))
+    emit_materializations(events)
+    return result
+
+
+def process_batch(step_name: str, raws: list[RawFile], keep_frames: frozenset[int]) -> BatchResult:
+    """A process step over a batch of files, in one task run. A file whose partition for the
+    same bytes and step code is in the cache (Prefect's result records, shared with the
+    one-file tasks) gets it back; the others are computed, each failure kept for its file.
+    The frames of the files in ``keep_frames`` stay for a later step."""
+    run = current_run()
+    step = run.pipeline.steps[step_name]
+    records = get_result_store()
+    policy = ContentFingerprint(
+        pipeline=run.pipeline.name, step=step.name, code_version=step.code_version
+    )
+    result = BatchResult()
+    events: list[Materialized] = []
+    computed: list[tuple[RawFile, str, Any]] = []
+    for raw in raws:
+        record_key = policy.compute_key(None, {"raw": raw}, {})  # type: ignore[arg-type]
+        assert record_key is not None  # a RawFile has a fingerprint
+        cached = _cached_output(run, records, record_key)
+        if cached is not None:  # a cached task emits no asset events; neither does this
+            result.outputs[raw.file_id] = (cached, True)
+            run.frames.pop(raw.file_id, None)
+            continue
+        if run.dask is not None and run.home is not None:
+            future = run.dask.submit(compute_partition, run.home, step_name, raw, pure=False)
+            computed.append((raw, record_key, future))
+            continue
+        try:
+            frame = run.raw_frame(raw, copy=raw.file_id in keep_frames)
+            computed.append((raw, record_key, compute_version(step, run.store, frame)))
+        except Exception as exc:  # the step's error on this file, for this file alone
+            result.errors[raw.file_id] = exc
+            computed.append((raw, record_key, None))
+    for raw, record_key, value in computed:
+        key = run.store.key(run.store.processed_path(step.name, raw.partition))
+        if value is not None and not isinstance(value, tuple):  # a Dask future
+            try:
+                value = value.result()
+            except Exception as exc:  # raised by the step in a worker
+                result.errors[raw.file_id] = exc
+                value = None
+        if value is None:
+            events.append(Materialized(key, (raw_key(raw),), None, succeeded=False))
+            continue
+        version, path, rows = value
+        metadata = _partition_metadata(step, raw, version, rows)
+        out = Output(key=key, version=version, path=path, rows=rows, sources=(raw.uri,))
+        records.write(obj=out, key=record_key)
+        result.outputs[raw.file_id] = (out, False)
+        events.append(Materialized(key, (raw_key(raw),), metadata))
+    emit_materializations(events)
+    return result
+
+
+def _cached_output(run: RunContext, records: Any, record_key: str) -> Output | None:
+    """The cached partition for ``record_key``, if its record and its version file exist."""
+    if not records.exists(record_key):
+        return None
+    try:
+        out = records.read(record_key).result
+    except Exception:  # an unreadable record is a miss: the partition is computed again
+        log.warning("cache record %s unreadable; computing the partition again", record_key)
+        return None
+    if isinstance(out, Output) and run.store.exists(out.path):
+        return out
+    return None
+
+
+def _partition_metadata(step: Step, raw: RawFile, version: str, rows: int) -> dict[str, Any]:
+    return {
+        "version": version,
+        "rows": rows,
+        "source_sha256": raw.fingerprint,
+        "code_version": step.code_version,
+    }
 
 
 def process(step_name: str, raw: RawFile) -> Output:
@@ -97,15 +217,7 @@ def process(step_name: str, raw: RawFile) -> Output:
     else:
         version, path, rows = compute_version(step, run.store, run.raw_frame(raw))
     key = run.store.key(run.store.processed_path(step.name, raw.partition))
-    add_asset_metadata(
-        key,
-        {
-            "version": version,
-            "rows": rows,
-            "source_sha256": raw.fingerprint,
-            "code_version": step.code_version,
-        },
-    )
+    add_asset_metadata(key, _partition_metadata(step, raw, version, rows))
     return Output(key=key, version=version, path=path, rows=rows, sources=(raw.uri,))
 
 
@@ -172,7 +284,29 @@ def materializing_task(
     return retarget_task(template, key, name, deps)
 
 
-def task_options(run: RunContext, step: Step) -> dict[str, Any]:
+def materializing_batch_task(
+    fn: Callable[..., Any], assets: list[tuple[str, str]], options: dict[str, Any]
+) -> Any:
+    """A ``@materialize`` task for every asset of ``assets`` (``(key, name)`` pairs): one
+    task run for a batch of files (built once per function and options, as above)."""
+    template = materializing_task(fn, assets[0][0], assets[0][1], options)
+    return retarget_batch_task(template, assets)
+
+
+def batch_options(run: RunContext, step: Step | None) -> dict[str, Any]:
+    """A batch task's options: no cache or retries of its own (each file's partition is
+    cached by its own record, and a file that fails is tried again alone), its result kept
+    in memory only."""
+    return {
+        "name": f"{step.name} (batch)" if step is not None else "raw (batch)",
+        "cache_policy": NO_CACHE,
+        "persist_result": False,
+        "result_storage": run.results_dir(),
+    }
+
+
+def task_options(run: RunContext, step: Step, spent: int = 0) -> dict[str, Any]:
+    """A one-file step task's options; ``spent``: retries already used on the file."""
     policy = ContentFingerprint(
         pipeline=run.pipeline.name, step=step.name, code_version=step.code_version
     )
@@ -181,7 +315,7 @@ def task_options(run: RunContext, step: Step) -> dict[str, Any]:
         "cache_policy": policy,
         "persist_result": True,
         "result_storage": run.results_dir(),
-        "retries": step.retries,
+        "retries": max(0, step.retries - spent),
         "retry_delay_seconds": step.retry_delay_seconds,
         "retry_condition_fn": not_rejected,
     }
