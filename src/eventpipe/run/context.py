@@ -101,6 +101,12 @@ class RunContext:
     for a bucket, the disposable local cache (a miss there only recomputes a version that
     already exists: versions are named after their content)."""
 
+    held: list[object] = field(default_factory=list)
+    """Every task result of the run, kept alive until it ends. Prefect links a task's inputs
+    to the task runs that returned them by ``id()``, and an id whose object was freed can be
+    reused by a later object (a list, a string: nothing a weak reference can check); a
+    partition would then name another file's raw asset as its upstream."""
+
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def results_dir(self) -> Path:

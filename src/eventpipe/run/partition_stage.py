@@ -155,9 +155,10 @@ def _process_files(
 
 def _process_batch(run: RunContext, batch: list[_Work], claimed_ids: set[int]) -> _FileResult:
     """One batch of files: a raw task run, then a task run per process step, each over every
-    file of the batch still standing (a batch of one file is that file alone). A file's error closes that file alone (rejected or
-    failed, as one file would be); a file that failed with retries left is tried again alone,
-    through one-file task runs with the step's retries."""
+    file of the batch still standing (a batch of one file is that file alone). A file's
+    error closes that file alone (rejected or failed, as one file would be); a file that
+    failed with retries left is tried again alone, through one-file task runs with the
+    step's retries."""
     if len(batch) == 1:  # a file alone: its own task runs, with Prefect's retries
         return _each_alone(run, batch, claimed_ids)
     pipe = run.pipeline
@@ -178,6 +179,7 @@ def _process_batch(run: RunContext, batch: list[_Work], claimed_ids: set[int]) -
     if not raw_state.is_completed():  # the batch itself broke, not one file: each alone
         return _each_alone(run, batch, claimed_ids)
     read: BatchResult = raw_state.result()
+    run.held.append(read)
     for file_id, exc in read.errors.items():
         _close_file(run, rows[file_id], lines[file_id], exc)
     standing = {raw.file_id: raw for raw in read.raws}
@@ -240,6 +242,7 @@ def _batch_steps(
                 del standing[f]
             continue
         done: BatchResult = state.result()
+        run.held.append(done)
         for file_id, exc in done.errors.items():
             del standing[file_id]
             if step.retries > 0 and not isinstance(exc, RejectedInput):
@@ -319,6 +322,7 @@ def _process_file(
         _close_file(run, row, line, failure_of(raw_state), failure_reason(raw_state))
         return result
     raw: RawFile = raw_state.result()
+    run.held.append(raw)
     line.rows_in = len(run.frames.get(row.id, ()))
     partition = partition_name(row.relative)
     try:
@@ -340,6 +344,7 @@ def _process_file(
                 _close_file(run, row, line, failure_of(state), failure_reason(state))
                 return result
             out: Output = state.result()
+            run.held.append(out)
             publish(run, step, "processed", partition, path, out, raw.fingerprint)
             log.debug("partition %s/%s published", step.name, partition)
             line.rows_out += out.rows
