@@ -73,3 +73,35 @@ def test_a_retargeted_task_materializes_its_own_asset() -> None:
 def test_runner_deployments_are_built_from_a_module_path() -> None:
     assert compat.EntrypointType.MODULE_PATH.value == "module_path"
     assert "entrypoint_type" in inspect.signature(compat.RunnerDeployment.from_flow).parameters
+
+
+def test_a_batch_task_materializes_every_asset_of_its_batch() -> None:
+    def body() -> int:
+        return 1
+
+    template = materialize("file:///a", asset_deps=["file:///up"])(body)
+    task = compat.retarget_batch_task(template, [("file:///b", "b"), ("file:///c", "c")])
+    assert [(a.key, a.properties.name) for a in task.assets] == [
+        ("file:///b", "b"),
+        ("file:///c", "c"),
+    ]
+    assert task.asset_deps == []  # each asset's upstream is given when it is emitted
+    assert [a.key for a in template.assets] == ["file:///a"]
+
+
+def test_the_asset_context_emits_nothing_once_its_downstream_assets_are_emptied() -> None:
+    """``emit_materializations`` empties ``downstream_assets`` so that Prefect's own emission
+    at the end of the task, which would relate every asset to every upstream, says nothing."""
+    from prefect.assets import Asset
+    from prefect.context import AssetContext
+
+    fields = AssetContext.model_fields
+    assert {"downstream_assets", "upstream_assets", "materialized_by"} <= set(fields)
+    assert "if not self.downstream_assets:" in inspect.getsource(AssetContext.emit_events)
+    asset = Asset(key="file:///b")
+    assert AssetContext.asset_as_resource(asset)["prefect.resource.id"] == "file:///b"
+    related = AssetContext.asset_as_related(asset)
+    assert related["prefect.resource.id"] == "file:///b"
+    assert related["prefect.resource.role"] == "asset"
+    by = AssetContext.related_materialized_by("eventpipe")
+    assert by["prefect.resource.id"] == "eventpipe"

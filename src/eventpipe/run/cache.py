@@ -15,6 +15,8 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
+from eventpipe.core.models import RawFile
+
 
 @dataclass
 class ContentFingerprint(CachePolicy):
@@ -39,3 +41,11 @@ class ContentFingerprint(CachePolicy):
         if not fingerprints:
             return None
         return hash_objects(self.pipeline, self.step, self.code_version, fingerprints)
+
+    def record_key(self, raw: RawFile) -> str:
+        """The key of the result record a one-file step task over ``raw`` reads and writes
+        (its parameter is named ``raw``): a batch shares the records of the one-file tasks."""
+        key = self.compute_key(None, {"raw": raw}, {})  # type: ignore[arg-type]
+        if key is None:  # hash_objects gives up only on values it cannot serialize
+            raise TypeError(f"no cache key for the fingerprint of {raw.uri}")
+        return key

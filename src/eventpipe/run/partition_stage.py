@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.utilities.annotations import opaque
 
 from eventpipe.core.keys import asset_key, partition_name
 from eventpipe.core.models import Output, RawFile
@@ -38,6 +39,12 @@ from eventpipe.run.tasks import (
 )
 
 log = logging.getLogger("eventpipe.run")
+
+
+CACHE_HIT = (
+    "cache hit: same raw sha256 and step code version; current output restored from its version"
+)
+"""Why a partition's step did not run: the reason its ``asset.skipped`` event gives."""
 
 
 def process_work(
@@ -186,7 +193,7 @@ def _process_batch(run: RunContext, batch: list[_Work], claimed_ids: set[int]) -
     for file_id in standing:
         lines[file_id].rows_in = len(run.frames.get(file_id, ()))
     try:
-        alone = _batch_steps(run, rows, wanted, lines, standing, result)
+        alone = _batch_steps(run, raw_state, rows, wanted, lines, standing, result)
     finally:
         for file_id in rows:
             run.frames.pop(file_id, None)
@@ -203,6 +210,7 @@ def _process_batch(run: RunContext, batch: list[_Work], claimed_ids: set[int]) -
 
 def _batch_steps(
     run: RunContext,
+    raw_state: State[Any],
     rows: dict[int, FileRow],
     wanted: dict[int, set[str]],
     lines: dict[int, FileLine],
@@ -211,7 +219,12 @@ def _batch_steps(
 ) -> dict[int, tuple[set[str], str]]:
     """Each process step over the files of a batch still ``standing`` (which loses the files
     that fail); returns the files to try again alone: the steps they still need, and the
-    step whose try the batch spent."""
+    step whose try the batch spent.
+
+    A step's task takes the raw files ``opaque``: Prefect would otherwise walk their fields
+    and relate the task to whichever task last returned the same string object (the suffix
+    every raw file shares), naming another batch's raw files as upstream. It waits on the
+    raw batch's state instead, its one upstream run."""
     pipe, store = run.pipeline, run.store
     alone: dict[int, tuple[set[str], str]] = {}
     steps = pipe.process_steps
@@ -233,7 +246,13 @@ def _batch_steps(
             batch_options(run, step),
         )
         t = time.perf_counter()
-        state: State[Any] = task(step.name, [standing[f] for f in ids], keep, return_state=True)
+        state: State[Any] = task(
+            step.name,
+            opaque([standing[f] for f in ids]),
+            opaque(keep),
+            wait_for=[raw_state],
+            return_state=True,
+        )
         run.add_time(f"process:{step.name}", time.perf_counter() - t)
         left = {s.name for s in steps[i:]}
         if not state.is_completed():  # the batch itself broke, not one file: each alone
@@ -279,12 +298,7 @@ def _publish_batch(
         lines[file_id].rows_out += out.rows
         result.changed.setdefault(step.name, []).append(out.key)
         if cached:
-            run.skipped(
-                out.key,
-                step,
-                "cache hit: same raw sha256 and step code version; "
-                "current output restored from its version",
-            )
+            run.skipped(out.key, step, CACHE_HIT)
         else:
             run.updated(step, out, raw.partition, {"raw": raw.fingerprint}, [raw_key(raw)])
 
@@ -338,7 +352,8 @@ def _process_file(
                 task_options(run, step, spent=int(step.name == tried)),
             )
             t = time.perf_counter()
-            state, cached = run_step(task, step.name, raw)
+            # opaque: the task's upstream is this raw file's run alone (see _batch_steps)
+            state, cached = run_step(task, step.name, opaque(raw))
             run.add_time(f"process:{step.name}", time.perf_counter() - t)
             if not state.is_completed():
                 _close_file(run, row, line, failure_of(state), failure_reason(state))
@@ -350,12 +365,7 @@ def _process_file(
             line.rows_out += out.rows
             result.changed.setdefault(step.name, []).append(key)
             if cached:
-                run.skipped(
-                    key,
-                    step,
-                    "cache hit: same raw sha256 and step code version; "
-                    "current output restored from its version",
-                )
+                run.skipped(key, step, CACHE_HIT)
             else:
                 run.updated(step, out, partition, {"raw": raw.fingerprint}, [asset_key(raw.uri)])
     finally:
