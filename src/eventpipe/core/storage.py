@@ -158,6 +158,12 @@ class Storage:
     def write_frame(self, location: str, frame: pd.DataFrame) -> Stat:
         return self.fs.write_frame(self.relative(location), frame)[0]
 
+    def write_table(self, location: str, table: pa.Table) -> Stat:
+        """Write an Arrow table as parquet at ``location`` (replaced whole, as ``write_bytes``)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return self.write_bytes(location, sink.getvalue().to_pybytes())
+
     def copy(self, source: str, target: str) -> Stat:
         return self.fs.copy(self.relative(source), self.relative(target))
 

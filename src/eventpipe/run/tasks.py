@@ -33,11 +33,11 @@ from eventpipe.exceptions import RejectedInput
 from eventpipe.ledger import FileRow
 from eventpipe.pipeline import Step
 from eventpipe.run.cache import ContentFingerprint
+from eventpipe.run.compact import read_partitions
 from eventpipe.run.compute import (
     combined_partials,
     compute_partition,
     compute_version,
-    read_versions,
     result_frame,
 )
 from eventpipe.run.context import RunContext, current_run
@@ -145,12 +145,12 @@ def process_batch(step_name: str, raws: list[RawFile], keep_frames: frozenset[in
     events: list[Materialized] = []
     computed: list[tuple[RawFile, str, Any]] = []
     for raw in raws:
-        record_key = policy.compute_key(None, {"raw": raw}, {})  # type: ignore[arg-type]
-        assert record_key is not None  # a RawFile has a fingerprint
+        record_key = policy.record_key(raw)
         cached = _cached_output(run, records, record_key)
         if cached is not None:  # a cached task emits no asset events; neither does this
             result.outputs[raw.file_id] = (cached, True)
-            run.frames.pop(raw.file_id, None)
+            if raw.file_id not in keep_frames:
+                run.frames.pop(raw.file_id, None)
             continue
         if run.dask is not None and run.home is not None:
             future = run.dask.submit(compute_partition, run.home, step_name, raw, pure=False)
@@ -230,10 +230,7 @@ def analytics(step_name: str, inputs: AnalyticsInputs) -> Output:
     kwargs: dict[str, pd.DataFrame] = {}
     for name in step.inputs:
         if name in inputs.partitions:
-            kwargs[name] = read_versions(
-                run.store,
-                [run.store.version_path(name, v) for _, v in inputs.partitions[name]],
-            )
+            kwargs[name] = read_partitions(run.store, step.name, name, inputs.partitions[name])
         else:
             kwargs[name] = run.store.read_frame(run.store.version_path(name, inputs.upstream[name]))
     return _analytics_output(run, step, inputs, result_frame(step, step.fn(**kwargs)))
