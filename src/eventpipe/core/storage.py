@@ -10,7 +10,8 @@ users read these paths directly)::
     raw/<pipeline>/<sha256><suffix>                   immutable snapshot of each landed file
     quarantine/<pipeline>/<file>(.reason.json)        rejected files, moved out of the inbox
     fetched/<pipeline>/...                            what fetch sources landed
-    .partials/<pipeline>/<step>/...                   partial results of map/combine steps
+    .partials/<pipeline>/<step>/...                   partial results of map/combine steps and
+                                                      the compacted inputs of plain analytics
     ledger.sqlite                                     files, outbox, asset catalog (local data only)
 
 A *location* is what the ledger records for a stored object and what :class:`Storage`'s methods
