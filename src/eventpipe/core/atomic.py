@@ -4,6 +4,7 @@ directory (:func:`inside`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -14,12 +15,37 @@ from typing import TypeVar
 
 
 def inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing any ``relative`` that would leave ``root``."""
-    base = root.resolve()
-    target = (base / relative).resolve()
+    """``root / relative``, refusing any ``relative`` that would leave ``root`` (lexically or
+    through a symlink).
+
+    Resolving a path costs an ``lstat`` per component, and a file through the pipeline is
+    resolved a dozen times, mostly in the same few directories; so the directory part of a
+    plain relative path is resolved once per process and only the last component is looked
+    at each time (a symlink there is resolved in full). A directory of the data dir swapped
+    for a symlink while eventpipe runs is not noticed: whoever can do that can already write
+    anything the data dir holds."""
+    parent, _, name = relative.rpartition("/")
+    plain = not relative.startswith("/") and all(
+        part not in ("", ".", "..") for part in relative.split("/")
+    )
+    if plain:
+        base, directory = _resolved_dir(root, parent)
+        target = directory / name
+        if target.is_symlink():
+            target = target.resolve()
+    else:
+        base = root.resolve()
+        target = (base / relative).resolve()
     if target == base or not target.is_relative_to(base):
         raise ValueError(f"{relative!r} escapes {base}")
     return target
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_dir(root: Path, parent: str) -> tuple[Path, Path]:
+    """``root`` resolved, and its subdirectory ``parent`` (``""``: itself) resolved."""
+    base = root.resolve()
+    return base, (base / parent).resolve() if parent else base
 
 
 T = TypeVar("T")
