@@ -58,6 +58,7 @@ def write_atomic(
     *,
     suffix: str = "",
     keep_existing: bool = False,
+    durable: bool = True,
 ) -> tuple[Path, T]:
     """The one way eventpipe writes a file that readers may see.
 
@@ -65,7 +66,9 @@ def write_atomic(
     (or to ``name(result)``, for a file named after its content), so readers see the old file
     or the whole new one, never a part. With ``keep_existing`` an existing target (the same
     content under a content-derived name) is kept and the temp file dropped. On any failure
-    the temp file is removed. Returns the final path and what ``write`` returned."""
+    the temp file is removed. Without ``durable`` no fsync: for a copy that can be made
+    again from what it copies (a crash may leave it short, never partly visible). Returns the
+    final path and what ``write`` returned."""
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
@@ -76,7 +79,8 @@ def write_atomic(
         if keep_existing and target.exists():
             tmp.unlink()
             return target, result
-        _fsync_file(tmp)
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -90,9 +94,12 @@ def write_bytes_atomic(target: Path, content: bytes) -> Path:
     return path
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file."""
-    write_atomic(target.parent, lambda tmp: shutil.copyfile(source, tmp), target.name)
+def atomic_copy(source: Path, target: Path, *, durable: bool = True) -> None:
+    """Copy ``source`` to ``target`` so that readers see either the old or the whole new file
+    (``durable``: as :func:`write_atomic`)."""
+    write_atomic(
+        target.parent, lambda tmp: shutil.copyfile(source, tmp), target.name, durable=durable
+    )
 
 
 def file_digest(path: Path) -> str:

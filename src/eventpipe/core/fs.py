@@ -218,9 +218,11 @@ class DataStore(ABC):
         """Remove ``relative``; nothing happens when it is already gone."""
 
     @abstractmethod
-    def copy(self, source: str, target: str) -> Stat:
+    def copy(self, source: str, target: str, *, durable: bool = True) -> Stat:
         """Copy ``source`` to ``target`` atomically (server-side in a bucket); returns the
-        target's :class:`Stat`. :class:`FileNotFoundError` when ``source`` is missing."""
+        target's :class:`Stat`. :class:`FileNotFoundError` when ``source`` is missing. Not
+        ``durable``: a local copy is not fsynced (see :func:`~eventpipe.core.atomic.write_atomic`;
+        an object in a bucket is durable once written)."""
 
     @abstractmethod
     def upload(self, relative: str, source: Path) -> Stat:
@@ -308,9 +310,9 @@ class LocalStore(DataStore):
     def delete(self, relative: str) -> None:
         self.path(relative).unlink(missing_ok=True)
 
-    def copy(self, source: str, target: str) -> Stat:
+    def copy(self, source: str, target: str, *, durable: bool = True) -> Stat:
         destination = self.path(target)
-        atomic_copy(self.path(source), destination)
+        atomic_copy(self.path(source), destination, durable=durable)
         return _stat_of(destination)
 
     def upload(self, relative: str, source: Path) -> Stat:
@@ -472,7 +474,7 @@ class BucketStore(DataStore):
         with contextlib.suppress(FileNotFoundError):
             self.filesystem.delete_file(f"{self.bucket_name}/{key}")
 
-    def copy(self, source: str, target: str) -> Stat:
+    def copy(self, source: str, target: str, *, durable: bool = True) -> Stat:
         source_path, target_path = self.fs_path(source), self.fs_path(target)
         try:
             self.filesystem.copy_file(source_path, target_path)  # one CopyObject

@@ -165,8 +165,8 @@ class Storage:
         pq.write_table(table, sink)
         return self.write_bytes(location, sink.getvalue().to_pybytes())
 
-    def copy(self, source: str, target: str) -> Stat:
-        return self.fs.copy(self.relative(source), self.relative(target))
+    def copy(self, source: str, target: str, *, durable: bool = True) -> Stat:
+        return self.fs.copy(self.relative(source), self.relative(target), durable=durable)
 
     def delete(self, location: str) -> None:
         self.fs.delete(self.relative(location))
