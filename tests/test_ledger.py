@@ -617,3 +617,27 @@ def test_a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once(
     other = ledger.hold(PIPELINE, host, gone.pid, stale_after=3600)
     assert other is not None
     assert other.pid == os.getpid()
+
+
+def test_the_rows_of_a_runs_partitions_come_without_the_whole_catalog(ledger: Ledger) -> None:
+    """A run looks up its own files' partitions (in chunks) and the partitions older code
+    computed, not every row of a catalog that may hold 100,000."""
+    from dataclasses import replace
+
+    items = [
+        (asset("orders", f"p{i}", 100.0, partition=f"f{i:04d}.csv"), f"/v/p{i}.parquet", [])
+        for i in range(1200)
+    ]
+    ledger.publish_many(items, "run-1")
+    old = replace(asset("orders", "old", 100.0, partition="f0007.csv"), code_version="0ld")
+    ledger.publish(old, "/v/old.parquet", [], None)
+    ledger.publish(asset("cleaned", "c", 100.0, partition="f0008.csv"), "/v/c.parquet", [], None)
+
+    wanted = [f"f{i:04d}.csv" for i in range(0, 1200, 2)] + ["missing.csv"]  # more than a chunk
+    found = ledger.assets_of(PIPELINE, wanted)
+    assert sorted((a.name, a.partition) for a in found) == sorted(
+        [("orders", p) for p in wanted[:-1]] + [("cleaned", "f0008.csv")]
+    )
+    assert ledger.outdated(PIPELINE, "orders", "c0ffee") == ["f0007.csv"]
+    assert ledger.outdated(PIPELINE, "cleaned", "c0ffee") == []
+    assert ledger.outdated("other", "orders", "c0ffee") == []

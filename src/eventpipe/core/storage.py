@@ -134,6 +134,24 @@ class Storage:
     def stat(self, location: str) -> Stat | None:
         return self.fs.stat(self.relative(location))
 
+    def stats_in(self, directory: str) -> dict[str, Stat] | None:
+        """The regular files directly in the local ``directory`` (a location), by name, in one
+        scan: what restoring current outputs compares with the ledger, without a ``stat`` per
+        partition. None in a bucket, where each object's ``HEAD`` gives the modification time
+        the ledger recorded (a listing's has another precision)."""
+        if self._local is None:
+            return None
+        found: dict[str, Stat] = {}
+        try:
+            with os.scandir(self.fs.path(self.relative(directory))) as entries:  # type: ignore[attr-defined]
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        found[entry.name] = Stat(st.st_size, st.st_mtime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return found
+
     def exists(self, location: str) -> bool:
         return self.stat(location) is not None
 

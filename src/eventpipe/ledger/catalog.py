@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from eventpipe.ledger.db import Database
 from eventpipe.ledger.rows import (
@@ -14,6 +14,9 @@ from eventpipe.ledger.rows import (
     AssetRow,
     VersionRow,
 )
+
+_CHUNK = 500
+"""Values per ``IN (...)``: well under SQLite's limit on bound variables."""
 
 
 class Catalog(Database):
@@ -38,6 +41,32 @@ class Catalog(Database):
         with self._read() as db:
             rows = db.execute(text(sql + " ORDER BY name, partition"), args)
             return [AssetRow(*r) for r in rows]
+
+    def assets_of(self, pipeline: str, partitions: list[str]) -> list[AssetRow]:
+        """The rows of every step's ``partitions`` (a run's files), not the whole catalog."""
+        found: list[AssetRow] = []
+        sql = text(
+            f"SELECT {_ASSET_COLUMNS} FROM assets WHERE pipeline=:pipeline"
+            " AND partition IN :partitions"
+        ).bindparams(bindparam("partitions", expanding=True))
+        with self._read() as db:
+            for start in range(0, len(partitions), _CHUNK):
+                chunk = partitions[start : start + _CHUNK]
+                rows = db.execute(sql, {"pipeline": pipeline, "partitions": chunk})
+                found.extend(AssetRow(*r) for r in rows)
+        return found
+
+    def outdated(self, pipeline: str, name: str, code_version: str) -> list[str]:
+        """The partitions of step ``name`` that older code of the step computed."""
+        with self._read() as db:
+            rows = db.execute(
+                text(
+                    "SELECT partition FROM assets WHERE pipeline=:pipeline AND name=:name"
+                    " AND code_version != :code_version ORDER BY partition"
+                ),
+                {"pipeline": pipeline, "name": name, "code_version": code_version},
+            )
+            return [r[0] for r in rows]
 
     def publish(
         self, row: AssetRow, version_path: str, sources: list[str], run_id: str | None

@@ -152,17 +152,24 @@ def _materialize(run: RunContext, started: float) -> dict[str, Any]:
     lost = restore_outputs(run)
     log.debug("run body started")
     lost_names = {(r.name, r.partition) for r in lost}
-    # Partitions computed by older step code, or whose every copy is gone, are recomputed.
-    current = {row.relative: row for row in ledger.current_files(pipe.name)}
+    # Partitions computed by older step code, or whose every copy is gone, are recomputed
+    # (the files behind them are looked up only when there are such partitions).
+    steps = {step.name for step in pipe.process_steps}
+    outdated = sorted(
+        {
+            (step.name, partition)
+            for step in pipe.process_steps
+            for partition in ledger.outdated(pipe.name, step.name, step.code_version)
+        }
+        | {(name, partition) for name, partition in lost_names if name in steps}
+    )
     stale: dict[int, tuple[FileRow, set[str]]] = {}
-    for step in pipe.process_steps:
-        for asset in ledger.assets(pipe.name, step.name):
-            if asset.code_version != step.code_version or (step.name, asset.partition) in (
-                lost_names
-            ):
-                row = current.get(partition_relative(asset.partition))
-                if row is not None:
-                    stale.setdefault(row.id, (row, set()))[1].add(step.name)
+    if outdated:
+        current = {row.relative: row for row in ledger.current_files(pipe.name)}
+        for name, partition in outdated:
+            row = current.get(partition_relative(partition))
+            if row is not None:
+                stale.setdefault(row.id, (row, set()))[1].add(name)
 
     retract_partitions(run)  # files deleted from the source (or retracted) leave first
     changed_partitions: dict[str, list[str]] = {}

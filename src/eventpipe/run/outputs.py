@@ -7,7 +7,7 @@ import logging
 import time
 
 from eventpipe.core.atomic import file_digest
-from eventpipe.core.fs import check_relative
+from eventpipe.core.fs import Stat, check_relative
 from eventpipe.core.models import Output
 from eventpipe.core.readers import suffix_of
 from eventpipe.ledger import AssetRow, FileRow
@@ -73,9 +73,14 @@ def restore_outputs(run: RunContext) -> list[AssetRow]:
     """
     lost: list[AssetRow] = []
     store = run.store
+    scans: dict[str, dict[str, Stat] | None] = {}  # one directory scan, not a stat each
     for row in run.ledger.assets(run.pipeline.name):
         current = row.path
-        stat = store.stat(current)
+        folder, _, name = current.rpartition("/")
+        if folder not in scans:
+            scans[folder] = store.stats_in(folder)
+        scan = scans[folder]
+        stat = scan[name] if scan is not None and name in scan else store.stat(current)
         if stat is not None and (stat.size, stat.mtime_ns) == (row.size, row.mtime_ns):
             continue
         version_file = store.version_path(row.name, row.version)

@@ -59,7 +59,8 @@ def process_work(
     ``done``."""
     pipe = run.pipeline
     todo: list[tuple[FileRow, set[str], FileLine | None]] = []
-    current_assets = {(a.name, a.partition): a for a in run.ledger.assets(pipe.name)}
+    partitions = sorted({partition_name(row.relative) for row, _ in work.values()})
+    current_assets = {(a.name, a.partition): a for a in run.ledger.assets_of(pipe.name, partitions)}
     for row, wanted in (work[k] for k in sorted(work)):
         line = FileLine(name=row.relative, outcome="processed")
         if row.id in claimed_ids:
