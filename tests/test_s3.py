@@ -171,15 +171,25 @@ def test_repeat_deliveries_multipart_and_superseded_messages_process_once(
     assert all(r.state == "done" and r.attempts == 1 for r in rows)
     landed = loop.wait_events(lambda evs: len(evs) >= 3, "eventpipe.file.landed")
     assert len(landed) == 3
-    # A repeat delivery is not a re-upload: no file's partition is looked at again. (A run
-    # woken by a file an earlier run already drained finds nothing new and says its
-    # analytics are unchanged: that is a run with no files, not a file processed twice.)
+    # A repeat delivery is not a re-upload: no file or partition is skipped as already seen.
+    # A run woken by a file an earlier run already drained claims no file and says its
+    # analytics are unchanged: allowed only from a run that claimed no file at all.
+    unchanged = "unchanged: same input versions and code version"
+    events = loop.events("eventpipe.asset.skipped")
     skipped = [
         (e["resource"].get("prefect.resource.name"), e["payload"].get("reason"))
-        for e in loop.events("eventpipe.asset.skipped")
-        if e["payload"].get("reason") != "unchanged: same input versions and code version"
+        for e in events
+        if e["payload"].get("reason") != unchanged
     ]
     assert not skipped, skipped
+    idle_skips = {_flow_run_of(e) for e in events if e["payload"].get("reason") == unchanged}
+    if idle_skips:
+        completed = loop.wait_events(
+            lambda evs: idle_skips <= {_flow_run_of(e) for e in evs},
+            "eventpipe.pipeline.completed",
+        )
+        claimed = {_flow_run_of(e): e["payload"]["files"] for e in completed}
+        assert all(claimed[run] == 0 for run in idle_skips), claimed
 
 
 def test_odd_keys_never_escape_the_data_directory(
@@ -384,3 +394,12 @@ def test_with_on_delete_retract_a_deleted_object_leaves_the_outputs_even_while_s
             "a.csv",
             "b.csv",
         ]
+
+
+def _flow_run_of(event: dict[str, Any]) -> str:
+    """The flow run an eventpipe event names as related."""
+    return next(
+        r["prefect.resource.id"]
+        for r in event["related"]
+        if r.get("prefect.resource.role") == "flow-run"
+    )
