@@ -399,7 +399,7 @@ def test_with_on_delete_retract_a_deleted_object_leaves_the_outputs_even_while_s
 def _flow_run_of(event: dict[str, Any]) -> str:
     """The flow run an eventpipe event names as related."""
     return next(
-        r["prefect.resource.id"]
+        str(r["prefect.resource.id"])
         for r in event["related"]
         if r.get("prefect.resource.role") == "flow-run"
     )
